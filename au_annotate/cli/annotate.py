@@ -1,0 +1,5 @@
+"""CLI commands (annotate)."""
+
+import click
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,5 @@
+"""CLI commands (model)."""
+
+import click
+
+COMMANDS: list[click.Command] = []

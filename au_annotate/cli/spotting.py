@@ -1,0 +1,5 @@
+"""CLI commands (spotting)."""
+
+import click
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,5 @@
+"""CLI commands (train)."""
+
+import click
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,175 @@
+"""Typed records that cross pipeline stages.
+
+Every stage takes and returns these frozen dataclasses, so a stage can be read, tested and replaced on its own.
+Data flows one way: VideoJob -> Frame -> AlignedFace -> Window -> FlowSample -> probabilities -> Segment -> VideoResult.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import numpy as np
+
+WindowKind = Literal["micro", "macro", "blink"]
+VideoStatus = Literal["done", "failed", "no_face", "skipped"]
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One input video: where it is, and where its outputs go (mirroring its path under the input root)."""
+
+    path: Path
+    rel: PurePosixPath  # path relative to the input root, used as the `video` column and for output mirroring
+    out_dir: Path  # folder that receives <stem>.segments.csv, <stem>.eaf, ...
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the decoder learned about a video before streaming it."""
+
+    path: Path
+    backend: str
+    width: int
+    height: int
+    fps: float  # nominal/average frame rate; per-frame times are in Frame.pts_s
+    n_frames: int  # container's frame count (an estimate for some containers)
+    duration_s: float
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One decoded frame: 0-based index, presentation time in seconds, RGB uint8 image (H, W, 3)."""
+
+    index: int
+    pts_s: float
+    image: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class FaceBox:
+    """A face found by the detector, in frame pixel coordinates.
+
+    landmarks: (5, 2) float array, order left_eye, right_eye, nose, mouth_left, mouth_right (image left/right).
+    """
+
+    x: float
+    y: float
+    w: float
+    h: float
+    confidence: float
+    landmarks: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class AlignedFace:
+    """The tracked face of one frame, cropped and resized to a fixed square.
+
+    crop: grayscale uint8 (S, S), S = settings.crop_size (224 by default, the seed's).
+    landmarks: (5, 2) float32 in crop coordinates (same order as FaceBox.landmarks).
+    box: (x, y, w, h) of the crop in frame coordinates; match: template-matching score (1.0 on a detection frame).
+    """
+
+    index: int
+    pts_s: float
+    face_id: str
+    crop: np.ndarray
+    landmarks: np.ndarray
+    box: tuple[float, float, float, float]
+    match: float
+
+
+@dataclass(frozen=True)
+class Window:
+    """A spotted candidate expression: frame indices (0-based, inclusive) and a spotting score."""
+
+    onset: int
+    apex: int
+    offset: int
+    score: float
+    kind: WindowKind
+
+    def __post_init__(self) -> None:
+        if not (self.onset <= self.apex <= self.offset):
+            raise ValueError(f"window must satisfy onset <= apex <= offset, got {self.onset}, {self.apex}, {self.offset}")
+
+
+@dataclass(frozen=True, eq=False)
+class FlowSample:
+    """The encoded onset->apex flow picture of one window, ready for the model.
+
+    image: uint8 RGB (28, 28, 3) in the seed encoding (see flow.py); the model input is image / 255.
+    """
+
+    face_id: str
+    window: Window
+    onset_s: float
+    apex_s: float
+    offset_s: float
+    image: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Segment:
+    """One annotated segment: a window with its times, AU probabilities, active code and emotion."""
+
+    video: str  # path relative to the input root (posix)
+    face_id: str
+    segment_id: int
+    kind: WindowKind
+    onset_frame: int
+    apex_frame: int
+    offset_frame: int
+    onset_s: float
+    apex_s: float
+    offset_s: float
+    duration_s: float
+    score: float
+    au_names: tuple[str, ...]  # e.g. ("AU04", "AU07", ...) in the model's output order
+    probs: np.ndarray  # float (n_aus,)
+    present: np.ndarray  # bool (n_aus,)
+    aus: str  # active FACS code, e.g. "4+7" ("" when none)
+    emotion: str  # "" when no rule fired
+    rule: str = ""  # name of the rule that fired
+    flow_image: np.ndarray | None = None  # the 28x28 RGB model input, kept for reports
+
+
+@dataclass(frozen=True, eq=False)
+class VideoResult:
+    """Everything one video produced, or why it produced nothing."""
+
+    job: VideoJob
+    status: VideoStatus
+    info: VideoInfo | None = None
+    error: str | None = None  # one-line reason when status is failed / no_face
+    segments: tuple[Segment, ...] = ()
+    frames: int = 0
+    frames_with_face: int = 0
+    faces: int = 0
+    elapsed_s: float = 0.0
+    outputs: tuple[Path, ...] = ()
+    signal: np.ndarray | None = None  # optional per-frame spotting signal (frame index, value), for reports
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """The outcome of one `annotate` run over many inputs."""
+
+    results: tuple[VideoResult, ...]
+    out_dir: Path
+    skipped_files: tuple[Path, ...] = ()  # non-video files met while discovering
+    elapsed_s: float = 0.0
+    outputs: tuple[Path, ...] = field(default=())  # dataset-level outputs (segments.csv, report)
+
+    @property
+    def failed(self) -> tuple[VideoResult, ...]:
+        return tuple(r for r in self.results if r.status == "failed")
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        return tuple(s for r in self.results for s in r.segments)

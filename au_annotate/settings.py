@@ -1,0 +1,102 @@
+"""Run settings: one table of defaults, overridden by a TOML config file, overridden by the command line.
+
+The library takes a `Settings` object; the CLI builds it. Precedence: CLI > config file > DEFAULTS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A settings value or config file is invalid (message names the key or the file)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that determines what `annotate` does and what it writes."""
+
+    # discover
+    recursive: bool = True
+    # decode
+    decoder: str = "auto"  # auto | decord | opencv
+    # face
+    crop_size: int = 224  # aligned crop side (the seed's 224x224)
+    track_max_side: int = 320  # template matching runs on frames downscaled to this longest side
+    search_margin: float = 0.25  # search area around the last position, as a fraction of the face size
+    redetect_below: float = 0.55  # re-detect when the TM_CCOEFF_NORMED match score drops below this
+    redetect_every_s: float = 10.0  # also re-detect periodically to refresh the template (0 = never)
+    min_face_size: int = 40  # MTCNN minimum face size in pixels
+    # spot
+    spotter: str = "roi-flow"
+    spot: dict[str, Any] = field(default_factory=dict)  # overrides of au_annotate.spot.SpotConfig fields
+    # flow / model
+    input_layout: str = "face"  # face (seed: whole aligned face) | mosaic (official HTNet: 4 landmark patches)
+    weights: str | None = None  # None = the shipped default checkpoint; else a registry name or a path
+    au_order: str | None = None  # None = the checkpoint's own; "seed25" for the seed's plain state dict
+    all_aus: bool = False  # report every AU, not only those the model card marks reliable
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    batch_size: int = 256
+    # output
+    formats: tuple[str, ...] = ("csv", "eaf")
+    au_tiers: bool = False
+    rules: Path | None = None  # None = the shipped EMFACS-based rules
+    report: bool = False
+    # run
+    jobs: int = 1
+    overwrite: bool = False
+    quiet: bool = False
+    verbose: bool = False
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (unknown names raise SettingsError)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly view, recorded in outputs so a result says how it was made."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+        return out
+
+
+DEFAULTS = Settings()
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file; keys live at top level or under an `[annotate]` table."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SettingsError(f"{p}: invalid TOML: {e}") from None
+    data = data.get("annotate", data)
+    names = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SettingsError(f"{p}: unknown setting(s): {', '.join(unknown)}")
+    if "formats" in data and isinstance(data["formats"], list):
+        data["formats"] = tuple(data["formats"])
+    if "rules" in data and data["rules"] is not None:
+        data["rules"] = Path(data["rules"])
+    return data
+
+
+def build_settings(config_file: str | Path | None = None, **cli: Any) -> Settings:
+    """Defaults, then the config file, then the CLI values that were given (None = not given)."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(load_config(config_file))
+    values.update({k: v for k, v in cli.items() if v is not None})
+    return DEFAULTS.replace(**values)
