@@ -86,10 +86,7 @@ def images_to_input(images: np.ndarray) -> np.ndarray:
         images = images[None]
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected (N, H, W, 3) RGB pictures, got {images.shape}")
-    if images.dtype == np.uint8:
-        x = images.astype(np.float32) / 255.0
-    else:
-        x = images.astype(np.float32, copy=False)
+    x = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32, copy=False)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 

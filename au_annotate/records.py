@@ -26,7 +26,8 @@ class VideoJob:
 
     @property
     def stem(self) -> str:
-        return self.path.stem
+        """Output file stem (from the mirrored relative path, so renamed duplicates stay distinct)."""
+        return self.rel.stem
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class AlignedFace:
     landmarks: np.ndarray
     box: tuple[float, float, float, float]
     match: float
+    epoch: int = 0  # increments when the crop is re-anchored by a new detection: crops of different epochs
+    #                 are not pixel-aligned, so flow across an epoch change measures the jump, not the face
 
 
 @dataclass(frozen=True)

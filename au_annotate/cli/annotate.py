@@ -1,5 +1,115 @@
-"""CLI commands (annotate)."""
+"""CLI commands `annotate` (the main job) and `flow` (one flow picture from two aligned frames)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
 
 import click
 
-COMMANDS: list[click.Command] = []
+from au_annotate.settings import SettingsError, build_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _formats(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder; the input layout is mirrored under it.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file (CLI wins).")
+@click.option("--format", "formats", help="Comma-separated output formats: csv, eaf, json, textgrid, or all. [csv,eaf]")
+@click.option("--au-tiers/--no-au-tiers", default=None, help="One ELAN tier per AU.")
+@click.option("--report/--no-report", default=None, help="Write report.html for the run.")
+@click.option("--weights", help="Checkpoint: registry name or path. [the shipped htnet-samm]")
+@click.option("--au-order", help="AU order of a plain state dict, e.g. seed25 for the seed's checkpoint.")
+@click.option("--all-aus", is_flag=True, default=None, help="Report every AU, not only those marked reliable.")
+@click.option("--rules", type=click.Path(path_type=Path), help="FACS emotion rule file (TOML). [shipped EMFACS rules]")
+@click.option("--device", help="auto, cpu, cuda or cuda:N. [auto]")
+@click.option("--batch-size", type=click.IntRange(1), help="Windows per model batch. [256]")
+@click.option("--decoder", type=click.Choice(["auto", "decord", "opencv"]), help="Video decoding backend. [auto]")
+@click.option("--input-layout", type=click.Choice(["face", "mosaic"]),
+              help="Model input: whole-face flow (seed) or the official HTNet 4-patch mosaic. [face]")
+@click.option("--recursive/--no-recursive", default=None, help="Descend into sub-folders. [recursive]")
+@click.option("-q", "--quiet", is_flag=True, default=None, help="No progress bars and no summary.")
+@click.option("-v", "--verbose", is_flag=True, default=None, help="Tracebacks for failed videos.")
+def annotate(inputs: tuple[Path, ...], out_dir: Path, config_file: Path | None, formats: str | None,
+             **options: object) -> None:
+    """Spot micro-expressions in videos and annotate their Action Units.
+
+    INPUTS are video files and/or folders (searched recursively). Per video, writes <stem>.segments.csv and <stem>.eaf
+    under OUTPUT (mirroring the input layout), plus OUTPUT/segments.csv for all videos.
+
+    Exit codes: 0 all videos processed, 1 some videos failed, 2 usage error (bad option, missing input, no videos,
+    unwritable output, unusable weights), 130 interrupted.
+    """
+    from rich.console import Console
+
+    from au_annotate.api import AnnotateError, OutputError
+    from au_annotate.api import annotate as run_annotate
+    from au_annotate.discover import DiscoverError
+    from au_annotate.ui import RichProgress, print_summary
+
+    err = Console(stderr=True, highlight=False)
+    try:
+        settings = build_settings(config_file, formats=_formats(formats), **options)
+    except SettingsError as e:
+        err.print(f"[red]Error:[/] {e}", soft_wrap=True)
+        sys.exit(EXIT_USAGE)
+    if settings.verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(message)s")
+    console = Console(stderr=True)
+    try:
+        if settings.quiet:
+            report = run_annotate(list(inputs), out_dir, settings)
+        else:
+            with RichProgress(console) as hook:
+                report = run_annotate(list(inputs), out_dir, settings, progress=hook)
+    except (DiscoverError, OutputError, AnnotateError) as e:
+        err.print(f"[red]Error:[/] {e}", soft_wrap=True)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        err.print("[yellow]Interrupted.[/]")
+        sys.exit(EXIT_INTERRUPTED)
+    if not settings.quiet:
+        print_summary(report, Console())
+    sys.exit(EXIT_FAILED if report.failed else EXIT_OK)
+
+
+@click.command()
+@click.argument("onset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("apex", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write.")
+@click.option("--size", default=224, show_default=True, type=click.IntRange(16),
+              help="Both frames are resized to SIZExSIZE before Farneback (the seed used 224).")
+def flow(onset: Path, apex: Path, output: Path, size: int) -> None:
+    """Encoded 28x28 flow picture (seed encoding, RGB PNG) between two already-aligned face frames."""
+    import cv2
+    import numpy as np
+
+    from au_annotate.flow import flow_picture, save_flow_png
+
+    imgs = []
+    for p in (onset, apex):
+        data = np.fromfile(str(p), dtype=np.uint8)
+        img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+        if img is None:
+            click.echo(f"Error: {p}: not a readable image", err=True)
+            sys.exit(EXIT_USAGE)
+        imgs.append(img)
+    if imgs[0].shape != imgs[1].shape:
+        click.echo(f"Error: {onset} is {imgs[0].shape[1]}x{imgs[0].shape[0]} but {apex} is "
+                   f"{imgs[1].shape[1]}x{imgs[1].shape[0]}: aligned frames must have one size", err=True)
+        sys.exit(EXIT_USAGE)
+    imgs = [cv2.resize(i, (size, size), interpolation=cv2.INTER_AREA if i.shape[0] > size else cv2.INTER_LINEAR)
+            if i.shape != (size, size) else i for i in imgs]
+    save_flow_png(output, flow_picture(imgs[0], imgs[1]))
+
+
+COMMANDS: list[click.Command] = [annotate, flow]

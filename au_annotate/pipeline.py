@@ -1,0 +1,179 @@
+"""One video, one pass: decode -> face -> spot -> flow -> flow samples. The recipe, top to bottom.
+
+Frames stream through; nothing holds the whole video. A ring buffer keeps the aligned crops of the last
+`spotter.max_latency_frames` frames, so when the spotter closes a window its onset and apex crops are still at hand.
+Everything here is NumPy/OpenCV on the CPU (no torch), so it can run in worker processes; the model runs later, in one
+batch runner for all videos (api.py / infer.py).
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from au_annotate.decode import open_video, prefetch
+from au_annotate.face import FaceDetector, FaceTracker
+from au_annotate.flow import flow_picture, mosaic_picture
+from au_annotate.records import AlignedFace, FlowSample, VideoInfo, VideoJob, Window
+from au_annotate.settings import Settings
+from au_annotate.spot import make_spotter
+
+
+class NoFaceError(RuntimeError):
+    """The video decoded, but no face was found in any frame."""
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, so the next bottleneck is visible (decode includes waiting for the decode thread)."""
+
+    decode: float = 0.0
+    face: float = 0.0
+    spot: float = 0.0
+    flow: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"decode": self.decode, "face": self.face, "spot": self.spot, "flow": self.flow}
+
+
+@dataclass
+class VideoWork:
+    """What the CPU part of the pipeline produced for one video, before the model sees it."""
+
+    job: VideoJob
+    info: VideoInfo
+    samples: list[FlowSample]
+    frames: int
+    frames_with_face: int
+    faces: int
+    signal: np.ndarray  # (N, 2) float32: frame index, spotting signal
+    times: StageTimes = field(default_factory=StageTimes)
+
+
+class CropBuffer:
+    """Bounded ring buffer of aligned faces by frame index (memory independent of video length)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(2, capacity)
+        self._items: deque[AlignedFace] = deque(maxlen=self.capacity)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, face: AlignedFace) -> None:
+        self._items.append(face)
+
+    def pair(self, onset: int, apex: int) -> tuple[AlignedFace, AlignedFace] | None:
+        """Crops for onset and apex: the apex's own (or nearest earlier) crop, and the onset crop nearest to `onset`
+        in the same tracking epoch (flow across a re-detection would measure the jump). None when nothing fits."""
+        items = list(self._items)
+        apex_face = min((f for f in items if f.index <= apex), key=lambda f: apex - f.index, default=None)
+        if apex_face is None:
+            return None
+        same = [f for f in items if f.epoch == apex_face.epoch and f.index <= apex_face.index]
+        onset_face = min(same, key=lambda f: (abs(f.index - onset), f.index), default=None)
+        if onset_face is None:
+            return None
+        return onset_face, apex_face
+
+
+def process_video(
+    job: VideoJob,
+    settings: Settings,
+    *,
+    detector: FaceDetector | None = None,
+    on_start: Callable[[VideoInfo], None] | None = None,
+    on_frames: Callable[[int], None] | None = None,
+) -> VideoWork:
+    """Run decode -> face -> spot -> flow over one video and return its flow samples (no model here).
+
+    Raises DecodeError for unreadable video and NoFaceError when no frame had a face."""
+    times = StageTimes()
+    with open_video(job.path, settings.decoder) as stream:
+        info = stream.info
+        if on_start:
+            on_start(info)
+        fps = info.fps if info.fps > 0 else 30.0
+        tracker = FaceTracker(
+            fps,
+            crop_size=settings.crop_size,
+            track_max_side=settings.track_max_side,
+            search_margin=settings.search_margin,
+            redetect_below=settings.redetect_below,
+            redetect_every_s=settings.redetect_every_s,
+            min_face_size=settings.min_face_size,
+            detector=detector,
+        )
+        signal = array("f")
+
+        def keep_signal(index: int, value: float) -> None:
+            signal.extend((float(index), float(value)))
+
+        spotter = make_spotter(settings.spotter, fps, settings.spot, on_signal=keep_signal)
+        buffer = CropBuffer(spotter.max_latency_frames + 2)
+        times_s: deque[tuple[int, float]] = deque(maxlen=buffer.capacity + 1)  # (index, pts) for window times
+        samples: list[FlowSample] = []
+        frames = with_face = 0
+        pending = 0
+
+        def emit(windows: list[Window], last_pts: float) -> None:
+            t0 = time.perf_counter()
+            for w in windows:
+                pair = buffer.pair(w.onset, w.apex)
+                if pair is None:
+                    continue
+                onset_face, apex_face = pair
+                if settings.input_layout == "mosaic":
+                    pic = mosaic_picture(onset_face.crop, apex_face.crop, apex_face.landmarks)
+                else:
+                    pic = flow_picture(onset_face.crop, apex_face.crop)
+                lookup = dict(times_s)
+                offset_s = lookup.get(w.offset, last_pts if w.offset >= frames - 1 else apex_face.pts_s)
+                samples.append(FlowSample(face_id=apex_face.face_id, window=w, onset_s=lookup.get(w.onset, onset_face.pts_s),
+                                          apex_s=lookup.get(w.apex, apex_face.pts_s), offset_s=offset_s, image=pic))
+            times.flow += time.perf_counter() - t0
+
+        last_pts = 0.0
+        t_wait = time.perf_counter()
+        for frame in prefetch(iter(stream)):
+            t1 = time.perf_counter()
+            times.decode += t1 - t_wait
+            face = tracker.process(frame)
+            t2 = time.perf_counter()
+            times.face += t2 - t1
+            frames += 1
+            last_pts = frame.pts_s
+            times_s.append((frame.index, frame.pts_s))
+            if face is not None:
+                with_face += 1
+                buffer.add(face)
+            windows = spotter.process_frame(frame.index, frame.pts_s, face)
+            times.spot += time.perf_counter() - t2
+            if windows:
+                emit(windows, last_pts)
+            pending += 1
+            if on_frames and pending >= 25:
+                on_frames(pending)
+                pending = 0
+            t_wait = time.perf_counter()
+        t2 = time.perf_counter()
+        windows = spotter.flush()
+        times.spot += time.perf_counter() - t2
+        emit(windows, last_pts)
+        if on_frames and pending:
+            on_frames(pending)
+    if frames == 0:
+        from au_annotate.decode import DecodeError
+
+        raise DecodeError(f"{job.path}: no decodable frames")
+    if with_face == 0:
+        raise NoFaceError(f"{job.path}: no face found in {frames} frames")
+    samples.sort(key=lambda s: (s.window.onset, s.window.apex))
+    sig = np.frombuffer(signal, dtype=np.float32).reshape(-1, 2).copy() if len(signal) else np.zeros((0, 2), np.float32)
+    return VideoWork(job=job, info=info, samples=samples, frames=frames, frames_with_face=with_face,
+                     faces=max(1, tracker.faces_seen), signal=sig, times=times)

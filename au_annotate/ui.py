@@ -1,0 +1,125 @@
+"""Terminal rendering with rich: progress bars while a run works and the summary table at the end.
+
+The only module besides the CLI that imports rich; the library reports through ProgressHook and never prints.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from au_annotate.progress import ProgressHook
+from au_annotate.records import RunReport, VideoInfo, VideoJob, VideoResult
+
+
+class RichProgress(ProgressHook):
+    """One bar over videos and one over the current video's frames (with frames/s and ETA)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}", justify="left"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._videos: TaskID | None = None
+        self._frames: TaskID | None = None
+
+    def __enter__(self) -> RichProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def start_run(self, jobs: tuple[VideoJob, ...]) -> None:
+        self._videos = self.progress.add_task("videos", total=len(jobs), rate="")
+
+    def start_video(self, job: VideoJob, info: VideoInfo) -> None:
+        if self._frames is not None:
+            self.progress.remove_task(self._frames)
+        name = job.rel.as_posix()
+        name = name if len(name) <= 40 else "…" + name[-39:]
+        self._frames = self.progress.add_task(name, total=info.n_frames or None, rate="")
+
+    def advance(self, job: VideoJob, frames: int) -> None:
+        if self._frames is not None:
+            self.progress.advance(self._frames, frames)
+            task = self.progress.tasks[[t.id for t in self.progress.tasks].index(self._frames)]
+            if task.speed:
+                self.progress.update(self._frames, rate=f"{task.speed:,.0f} fps")
+
+    def end_video(self, result: VideoResult) -> None:
+        if self._videos is not None:
+            self.progress.advance(self._videos, 1)
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+
+
+def _fmt_duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def print_summary(report: RunReport, console: Console, *, top_aus: int = 5) -> None:
+    """Per-video rows, totals, failures with reasons, where the outputs went and the time taken."""
+    table = Table(title="au-annotate summary", show_footer=True, header_style="bold")
+    table.add_column("video", footer="total")
+    table.add_column("status")
+    table.add_column("duration", justify="right")
+    table.add_column("faces", justify="right")
+    table.add_column("micro", justify="right")
+    table.add_column("macro", justify="right")
+    table.add_column("top AUs")
+    total_dur = 0.0
+    n_micro = n_macro = 0
+    all_aus: Counter[str] = Counter()
+    for r in report.results:
+        dur = r.info.duration_s if r.info else 0.0
+        total_dur += dur
+        micro = sum(1 for s in r.segments if s.kind == "micro")
+        macro = sum(1 for s in r.segments if s.kind == "macro")
+        n_micro += micro
+        n_macro += macro
+        aus: Counter[str] = Counter(a for s in r.segments for a in s.aus.split("+") if a)
+        all_aus.update(aus)
+        style = {"done": "green", "failed": "red", "no_face": "yellow"}.get(r.status, "")
+        table.add_row(
+            r.job.rel.as_posix(), f"[{style}]{r.status}[/]", _fmt_duration(dur) if r.info else "-",
+            str(r.faces) if r.info else "-", str(micro), str(macro),
+            ", ".join(f"AU{a} ({n})" for a, n in aus.most_common(top_aus)) or "-",
+        )
+    table.columns[2].footer = _fmt_duration(total_dur)
+    table.columns[4].footer = str(n_micro)
+    table.columns[5].footer = str(n_macro)
+    table.columns[6].footer = ", ".join(f"AU{a} ({n})" for a, n in all_aus.most_common(top_aus)) or "-"
+    console.print(table)
+    problems = [r for r in report.results if r.error]
+    for r in problems:
+        console.print(f"[red]{r.status}:[/] {r.error}", highlight=False, soft_wrap=True)
+    done = sum(1 for r in report.results if r.status == "done")
+    console.print(
+        f"{done}/{len(report.results)} videos annotated, {n_micro + n_macro} segments, "
+        f"{len(report.failed)} failed, {len(report.skipped_files)} non-video files skipped, "
+        f"in {_fmt_duration(report.elapsed_s)}. Outputs: {Path(report.out_dir)}",
+        highlight=False,
+    )
