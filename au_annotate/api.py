@@ -11,18 +11,18 @@ import logging
 import os
 import tempfile
 import time
-import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from au_annotate import __version__
 from au_annotate.aus import AUDecoder
-from au_annotate.decode import DecodeError
 from au_annotate.discover import DiscoverError, discover
-from au_annotate.pipeline import NoFaceError, VideoWork, process_video
+from au_annotate.engines import get_engine
+from au_annotate.manifest import Manifest, _now, output_key, segments_from_csv
+from au_annotate.pipeline import VideoFailure, VideoWork
 from au_annotate.progress import ProgressHook
 from au_annotate.records import RunReport, Segment, VideoJob, VideoResult
 from au_annotate.settings import DEFAULTS, Settings
@@ -92,6 +92,14 @@ def _segments(work: VideoWork, probs: np.ndarray, model: _Model) -> tuple[Segmen
     return tuple(out)
 
 
+def _engine_options(settings: Settings) -> dict[str, object]:
+    if settings.engine == "local":
+        from au_annotate.engines.local import default_jobs
+
+        return {"jobs": settings.jobs or default_jobs()}
+    return {"address": settings.ray_address, "jobs": settings.jobs}
+
+
 def annotate(
     paths: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -118,82 +126,102 @@ def annotate(
     try:
         get_writers(settings.formats)
         model = _load_model(settings)
+        engine = get_engine(settings.engine, **_engine_options(settings))
     except (ValueError, OSError) as e:
         raise AnnotateError(str(e)) from None
     except Exception as e:
-        if type(e).__name__ in ("WeightsError", "RulesError", "InferenceError"):
+        if type(e).__name__ in ("WeightsError", "RulesError", "InferenceError", "EngineError"):
             raise AnnotateError(str(e)) from None
         raise
     ctx = WriteContext(tool_version=__version__, model_name=model.name, model_sha256=model.sha256,
                        settings=settings.as_dict(), au_tiers=settings.au_tiers)
-    hook.start_run(found.jobs)
+    manifest = Manifest.load(out)
+    manifest.save(started=_now(), finished=None, interrupted=False, inputs=[str(p) for p in paths],
+                  settings=settings.as_dict(), model={"name": model.name, "sha256": model.sha256})
+    keys: dict[VideoJob, str | None] = {}
     results: dict[VideoJob, VideoResult] = {}
-    pending: list[tuple[VideoWork, float]] = []
-
-    def finish(work: VideoWork, probs: np.ndarray, elapsed: float) -> None:
-        segs = _segments(work, probs, model)
-        res = VideoResult(job=work.job, status="done", info=work.info, segments=segs, frames=work.frames,
-                          frames_with_face=work.frames_with_face, faces=work.faces, elapsed_s=elapsed,
-                          signal=work.signal)
-        res = _write(res, ctx)
-        results[work.job] = res
-        hook.end_video(res)
-
-    def _write(res: VideoResult, ctx: WriteContext) -> VideoResult:
+    todo: list[VideoJob] = []
+    for job in found.jobs:
         try:
-            paths_out = write_video_outputs(res, ctx, settings.formats)
+            keys[job] = output_key(job, settings, model.sha256)
+        except OSError:
+            keys[job] = None
+        entry = None if settings.overwrite or keys[job] is None else manifest.reusable(job, keys[job])  # type: ignore[arg-type]
+        if entry is None:
+            todo.append(job)
+            continue
+        csv_out = job.out_dir / f"{job.stem}.segments.csv"
+        try:
+            segs = segments_from_csv(csv_out, job.rel.as_posix()) if csv_out.is_file() else ()
+        except Exception:  # unreadable earlier output: recompute instead of trusting it
+            todo.append(job)
+            continue
+        results[job] = VideoResult(job=job, status="skipped", error=None, segments=segs,
+                                   frames=int(entry.get("frames", 0)), frames_with_face=int(entry.get("frames_with_face", 0)),
+                                   outputs=tuple(out / o for o in entry.get("outputs", [])))
+    hook.start_run(tuple(todo))
+    pending: list[VideoWork] = []
+
+    def write(res: VideoResult) -> VideoResult:
+        try:
+            written = write_video_outputs(res, ctx, settings.formats)
         except OSError as e:
             failed = VideoResult(job=res.job, status="failed", info=res.info,
                                  error=f"{res.job.path}: cannot write outputs: {e.strerror or e}",
                                  frames=res.frames, elapsed_s=res.elapsed_s)
             hook.message(failed.error or "")
             return failed
-        from dataclasses import replace
+        return replace(res, outputs=written)
 
-        return replace(res, outputs=tuple(paths_out))
+    def finish(res: VideoResult) -> None:
+        results[res.job] = res
+        manifest.record(res, keys.get(res.job) if res.status in ("done", "no_face") else None)
+        hook.end_video(res)
 
     def flush() -> None:
+        """Run the model on the flow samples of all pending videos at once, then write those videos."""
         if not pending:
             return
-        stacked = [s.image for w, _ in pending for s in w.samples]
-        probs = model.runner.predict(np.stack(stacked)) if stacked else np.zeros((0, 0), np.float32)  # type: ignore[attr-defined]
+        pictures = [s.image for w in pending for s in w.samples]
+        probs = model.runner.predict(np.stack(pictures)) if pictures else None  # type: ignore[attr-defined]
         start = 0
-        for work, elapsed in pending:
+        for work in pending:
             n = len(work.samples)
-            finish(work, probs[start : start + n], elapsed)
+            segs = _segments(work, probs[start : start + n], model) if n else ()  # type: ignore[index]
             start += n
+            finish(write(VideoResult(job=work.job, status="done", info=work.info, segments=segs, frames=work.frames,
+                                     frames_with_face=work.frames_with_face, faces=work.faces,
+                                     elapsed_s=work.elapsed_s, signal=work.signal)))
         pending.clear()
 
-    for job in found.jobs:
-        t0 = time.perf_counter()
-        try:
-            work = process_video(job, settings, on_start=lambda info, j=job: hook.start_video(j, info),
-                                 on_frames=lambda n, j=job: hook.advance(j, n))
-        except NoFaceError as e:
-            res = _write(VideoResult(job=job, status="no_face", error=str(e), elapsed_s=time.perf_counter() - t0),
-                         ctx)
-            results[job] = res
-            hook.message(str(e))
-            hook.end_video(res)
-            continue
-        except DecodeError as e:
-            res = VideoResult(job=job, status="failed", error=str(e), elapsed_s=time.perf_counter() - t0)
-            results[job] = res
-            hook.message(str(e))
-            hook.end_video(res)
-            continue
-        except Exception as e:  # one bad video must not cost the rest of the run
-            log.debug("traceback for %s:\n%s", job.path, traceback.format_exc())
-            msg = f"{job.path}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            res = VideoResult(job=job, status="failed", error=msg, elapsed_s=time.perf_counter() - t0)
-            results[job] = res
-            hook.message(msg)
-            hook.end_video(res)
-            continue
-        pending.append((work, time.perf_counter() - t0))
-        if sum(len(w.samples) for w, _ in pending) >= settings.batch_size:
+    def consume(outcome: VideoWork | VideoFailure) -> None:
+        if isinstance(outcome, VideoFailure):
+            if settings.verbose and outcome.detail:
+                log.error("%s", outcome.detail)
+            hook.message(outcome.error)
+            res = VideoResult(job=outcome.job, status=outcome.status, error=outcome.error,  # type: ignore[arg-type]
+                              elapsed_s=outcome.elapsed_s)
+            finish(write(res) if outcome.status == "no_face" else res)
+            return
+        pending.append(outcome)
+        if sum(len(w.samples) for w in pending) >= settings.batch_size:
             flush()
-    flush()
+
+    # Outcomes may complete in any order (parallel workers); they are consumed in input order so that batches, and
+    # therefore results, are identical whatever the number of workers.
+    order = {job: i for i, job in enumerate(todo)}
+    waiting: dict[int, VideoWork | VideoFailure] = {}
+    next_i = 0
+    try:
+        for job, outcome in engine.run(todo, settings, hook):
+            waiting[order[job]] = outcome
+            while next_i in waiting:
+                consume(waiting.pop(next_i))
+                next_i += 1
+        flush()
+    except KeyboardInterrupt:
+        manifest.save(finished=_now(), interrupted=True)
+        raise
     ordered = tuple(results[j] for j in found.jobs)
     combined = write_combined_csv(ordered, out / "segments.csv", ctx)
     report = RunReport(results=ordered, out_dir=out, skipped_files=found.skipped,
@@ -204,5 +232,8 @@ def annotate(
         report = RunReport(results=report.results, out_dir=out, skipped_files=found.skipped,
                            elapsed_s=report.elapsed_s,
                            outputs=(combined, write_report(report, out / "report.html", ctx)))
+    manifest.save(finished=_now(), interrupted=False, elapsed_s=round(report.elapsed_s, 3),
+                  summary={status: sum(1 for r in ordered if r.status == status)
+                           for status in ("done", "skipped", "failed", "no_face")})
     hook.end_run(report)
     return report

@@ -8,7 +8,12 @@ A bounded prefetch thread overlaps decoding with the rest of the pipeline withou
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
+import re
+import sys
+import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -19,6 +24,9 @@ import numpy as np
 from au_annotate.records import Frame, VideoInfo
 
 BACKENDS = ("decord", "opencv")
+
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # OpenCV's FFmpeg: silent; we report problems ourselves
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
 class DecodeError(RuntimeError):
@@ -49,6 +57,43 @@ def _one_line(e: BaseException) -> str:
     return text[0][:200] if text else type(e).__name__
 
 
+class _NativeStderr:
+    """Captures what native code (FFmpeg, dmlc logging) writes to file descriptor 2 while opening a file, so the
+    terminal stays clean and the useful line ("moov atom not found") can become our one-line reason."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    @contextlib.contextmanager
+    def capture(self):  # noqa: ANN201 - context manager
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no real fd 2 (embedded interpreters): nothing to capture
+            yield self
+            return
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield self
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                tmp.seek(0)
+                self.text = tmp.read().decode("utf-8", "replace")
+
+    def reason(self) -> str:
+        """The most telling captured line, without FFmpeg's '[mov,mp4 @ 0x..]' prefixes and file paths."""
+        lines = []
+        for line in self.text.splitlines():
+            line = re.sub(r"^\[[^\]]*\]\s*", "", line.strip())
+            line = re.sub(r"^\S*video_reader\.cc:\d+:\s*", "", line)
+            line = re.sub(r"^ERROR opening:\s*[^,]*,\s*", "", line)
+            if line and "No such file" not in line:
+                lines.append(line)
+        return lines[-1][:160] if lines else ""
+
+
 class DecordStream(VideoStream):
     """decord.VideoReader read sequentially with `next()`; times from the container's per-frame timestamps."""
 
@@ -58,18 +103,24 @@ class DecordStream(VideoStream):
         except ImportError as e:  # pragma: no cover - decord is a dependency, but wheels are missing on some platforms
             raise DecodeError(f"{path}: decord is not installed ({e})") from None
         self._decord = decord
+        native = _NativeStderr()
         try:
-            self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-            n = len(self._vr)
-            if n <= 0:
-                raise DecodeError(f"{path}: no video frames")
-            first = self._vr[0].shape
-            ts = self._vr.get_frame_timestamp(n - 1)
-            fps = float(self._vr.get_avg_fps() or 0.0)
+            decord.logging.set_level(decord.logging.ERROR)
+            with native.capture():
+                self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+                n = len(self._vr)
+                if n <= 0:
+                    raise DecodeError(f"{path}: no video frames")
+                first = self._vr[0].shape
+                ts = self._vr.get_frame_timestamp(n - 1)
+                fps = float(self._vr.get_avg_fps() or 0.0)
         except DecodeError:
             raise
         except Exception as e:
-            raise DecodeError(f"{path}: cannot open with decord: {_one_line(e)}") from None
+            cause = native.reason() or _one_line(e).replace(str(path), "").strip(" .:") or "unreadable"
+            raise DecodeError(f"{path}: not a readable video ({cause})") from None
+        finally:
+            decord.logging.set_level(decord.logging.QUIET)  # damaged frames later are concealed, not printed
         height, width = int(first[0]), int(first[1])
         duration = float(ts[1]) if ts is not None else (n / fps if fps > 0 else 0.0)
         if fps <= 0 and duration > 0:
@@ -109,9 +160,12 @@ class OpenCVStream(VideoStream):
         import cv2
 
         self._cv2 = cv2
-        cap = cv2.VideoCapture(str(path))
+        native = _NativeStderr()
+        with native.capture():
+            cap = cv2.VideoCapture(str(path))
         if not cap.isOpened():
-            raise DecodeError(f"{path}: cannot open with OpenCV (not a video, or an unsupported codec)")
+            cause = native.reason() or "not a video, or an unsupported codec"
+            raise DecodeError(f"{path}: not a readable video ({cause})")
         width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)

@@ -29,6 +29,17 @@ class NoFaceError(RuntimeError):
 
 
 @dataclass
+class VideoFailure:
+    """A video the CPU pipeline could not turn into samples: status failed or no_face, with a one-line reason."""
+
+    job: VideoJob
+    status: str  # "failed" | "no_face"
+    error: str
+    elapsed_s: float = 0.0
+    detail: str = ""  # traceback text, shown with --verbose
+
+
+@dataclass
 class StageTimes:
     """Seconds spent per stage, so the next bottleneck is visible (decode includes waiting for the decode thread)."""
 
@@ -53,6 +64,7 @@ class VideoWork:
     faces: int
     signal: np.ndarray  # (N, 2) float32: frame index, spotting signal
     times: StageTimes = field(default_factory=StageTimes)
+    elapsed_s: float = 0.0
 
 
 class CropBuffer:
@@ -177,3 +189,44 @@ def process_video(
     sig = np.frombuffer(signal, dtype=np.float32).reshape(-1, 2).copy() if len(signal) else np.zeros((0, 2), np.float32)
     return VideoWork(job=job, info=info, samples=samples, frames=frames, frames_with_face=with_face,
                      faces=max(1, tracker.faces_seen), signal=sig, times=times)
+
+
+_DETECTOR: FaceDetector | None = None
+
+
+def _shared_detector(min_face_size: int) -> FaceDetector:
+    """One MTCNN per process (its nets load once), reused across videos."""
+    global _DETECTOR
+    if _DETECTOR is None or _DETECTOR._min_face != min_face_size:  # noqa: SLF001
+        _DETECTOR = FaceDetector(min_face_size=min_face_size)
+    return _DETECTOR
+
+
+def run_video(
+    job: VideoJob,
+    settings: Settings,
+    *,
+    on_start: Callable[[VideoInfo], None] | None = None,
+    on_frames: Callable[[int], None] | None = None,
+) -> VideoWork | VideoFailure:
+    """process_video that never raises for a bad video: failures come back as VideoFailure (picklable, for workers)."""
+    import traceback
+
+    from au_annotate.decode import DecodeError
+
+    t0 = time.perf_counter()
+    try:
+        work = process_video(job, settings, detector=_shared_detector(settings.min_face_size), on_start=on_start,
+                             on_frames=on_frames)
+    except NoFaceError as e:
+        return VideoFailure(job, "no_face", str(e), time.perf_counter() - t0)
+    except DecodeError as e:
+        return VideoFailure(job, "failed", str(e), time.perf_counter() - t0)
+    except MemoryError:
+        return VideoFailure(job, "failed", f"{job.path}: out of memory", time.perf_counter() - t0)
+    except Exception as e:  # one bad video must not cost the rest of the run
+        text = str(e).strip().splitlines()
+        return VideoFailure(job, "failed", f"{job.path}: {type(e).__name__}: {text[0] if text else ''}".rstrip(": "),
+                            time.perf_counter() - t0, detail=traceback.format_exc())
+    work.elapsed_s = time.perf_counter() - t0
+    return work

@@ -47,7 +47,9 @@ class Settings:
     rules: Path | None = None  # None = the shipped EMFACS-based rules
     report: bool = False
     # run
-    jobs: int = 1
+    jobs: int = 0  # worker processes for the per-video CPU work; 0 = auto (one per two cores)
+    engine: str = "local"  # local | ray
+    ray_address: str | None = None  # for --engine ray: None/"auto" = local or discovered cluster, or HOST:PORT
     overwrite: bool = False
     quiet: bool = False
     verbose: bool = False

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,12 +26,14 @@ from au_annotate.records import RunReport, VideoInfo, VideoJob, VideoResult
 
 
 class RichProgress(ProgressHook):
-    """One bar over videos and one over the current video's frames (with frames/s and ETA)."""
+    """Two bars: videos finished, and frames processed over all started videos (with frames/s and ETA).
+
+    Frame counts of videos arrive as they start, so the frames bar stays right with parallel workers."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]{task.description}", justify="left"),
+            TextColumn("[bold]{task.description:>7}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
@@ -41,6 +44,9 @@ class RichProgress(ProgressHook):
         )
         self._videos: TaskID | None = None
         self._frames: TaskID | None = None
+        self._total_frames = 0
+        self._n_videos = 0
+        self._started = 0
 
     def __enter__(self) -> RichProgress:
         self.progress.start()
@@ -50,28 +56,32 @@ class RichProgress(ProgressHook):
         self.progress.stop()
 
     def start_run(self, jobs: tuple[VideoJob, ...]) -> None:
+        self._n_videos = len(jobs)
         self._videos = self.progress.add_task("videos", total=len(jobs), rate="")
+        self._frames = self.progress.add_task("frames", total=None, rate="")
 
     def start_video(self, job: VideoJob, info: VideoInfo) -> None:
+        self._started += 1
+        self._total_frames += max(0, info.n_frames)
         if self._frames is not None:
-            self.progress.remove_task(self._frames)
-        name = job.rel.as_posix()
-        name = name if len(name) <= 40 else "…" + name[-39:]
-        self._frames = self.progress.add_task(name, total=info.n_frames or None, rate="")
+            # until every video has started, extrapolate the total from the videos seen so far (for the ETA)
+            estimate = self._total_frames * self._n_videos / max(1, self._started)
+            self.progress.update(self._frames, total=int(estimate) or None)
 
     def advance(self, job: VideoJob, frames: int) -> None:
-        if self._frames is not None:
-            self.progress.advance(self._frames, frames)
-            task = self.progress.tasks[[t.id for t in self.progress.tasks].index(self._frames)]
-            if task.speed:
-                self.progress.update(self._frames, rate=f"{task.speed:,.0f} fps")
+        if self._frames is None:
+            return
+        self.progress.advance(self._frames, frames)
+        task = next(t for t in self.progress.tasks if t.id == self._frames)
+        if task.speed:
+            self.progress.update(self._frames, rate=f"{task.speed:,.0f} fps")
 
     def end_video(self, result: VideoResult) -> None:
         if self._videos is not None:
             self.progress.advance(self._videos, 1)
 
     def message(self, text: str) -> None:
-        self.progress.console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+        self.progress.console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -80,16 +90,21 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def print_summary(report: RunReport, console: Console, *, top_aus: int = 5) -> None:
+def _top(counts: Counter[str], n: int) -> str:
+    """'AU12×3 AU4×1': the most frequent active AUs."""
+    return " ".join(f"AU{a}×{k}" for a, k in counts.most_common(n)) or "-"
+
+
+def print_summary(report: RunReport, console: Console, *, top_aus: int = 3) -> None:
     """Per-video rows, totals, failures with reasons, where the outputs went and the time taken."""
     table = Table(title="au-annotate summary", show_footer=True, header_style="bold")
-    table.add_column("video", footer="total")
+    table.add_column("video", footer="total", overflow="fold")
     table.add_column("status")
     table.add_column("duration", justify="right")
     table.add_column("faces", justify="right")
     table.add_column("micro", justify="right")
     table.add_column("macro", justify="right")
-    table.add_column("top AUs")
+    table.add_column("top AUs", no_wrap=True, overflow="ellipsis")
     total_dur = 0.0
     n_micro = n_macro = 0
     all_aus: Counter[str] = Counter()
@@ -102,24 +117,26 @@ def print_summary(report: RunReport, console: Console, *, top_aus: int = 5) -> N
         n_macro += macro
         aus: Counter[str] = Counter(a for s in r.segments for a in s.aus.split("+") if a)
         all_aus.update(aus)
-        style = {"done": "green", "failed": "red", "no_face": "yellow"}.get(r.status, "")
+        style = {"done": "green", "failed": "red", "no_face": "yellow", "skipped": "cyan"}.get(r.status, "white")
         table.add_row(
-            r.job.rel.as_posix(), f"[{style}]{r.status}[/]", _fmt_duration(dur) if r.info else "-",
-            str(r.faces) if r.info else "-", str(micro), str(macro),
-            ", ".join(f"AU{a} ({n})" for a, n in aus.most_common(top_aus)) or "-",
+            escape(r.job.rel.as_posix()), f"[{style}]{r.status}[/]", _fmt_duration(dur) if r.info else "-",
+            str(r.faces) if r.info else "-", str(micro), str(macro), _top(aus, top_aus),
         )
     table.columns[2].footer = _fmt_duration(total_dur)
     table.columns[4].footer = str(n_micro)
     table.columns[5].footer = str(n_macro)
-    table.columns[6].footer = ", ".join(f"AU{a} ({n})" for a, n in all_aus.most_common(top_aus)) or "-"
+    table.columns[6].footer = _top(all_aus, top_aus)
     console.print(table)
     problems = [r for r in report.results if r.error]
     for r in problems:
-        console.print(f"[red]{r.status}:[/] {r.error}", highlight=False, soft_wrap=True)
+        console.print(f"[red]{r.status}:[/] {escape(r.error or '')}", highlight=False, soft_wrap=True)
     done = sum(1 for r in report.results if r.status == "done")
+    reused = sum(1 for r in report.results if r.status == "skipped")
     console.print(
-        f"{done}/{len(report.results)} videos annotated, {n_micro + n_macro} segments, "
+        f"{done}/{len(report.results)} videos annotated"
+        + (f" ({reused} up to date from an earlier run)" if reused else "")
+        + f", {n_micro + n_macro} segments, "
         f"{len(report.failed)} failed, {len(report.skipped_files)} non-video files skipped, "
-        f"in {_fmt_duration(report.elapsed_s)}. Outputs: {Path(report.out_dir)}",
+        f"in {_fmt_duration(report.elapsed_s)}. Outputs: {escape(str(Path(report.out_dir)))}",
         highlight=False,
     )

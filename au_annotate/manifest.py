@@ -1,0 +1,138 @@
+"""Run manifest and resume: what each video's status is, and whether its outputs can be trusted on a rerun.
+
+`<output>/manifest.json` records per video its status (done, failed, no_face, skipped), the reason, timings, frames,
+segments, outputs, and a key: the hash of everything that determines its outputs (the video's size and mtime, the
+settings that change results, the weights checksum, the tool version). A rerun skips a video whose key matches and
+whose outputs all exist; changed settings or weights recompute it; `--overwrite` recomputes everything. The manifest is
+rewritten atomically after every video, so a killed run loses at most the videos in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from au_annotate import __version__
+from au_annotate.fileio import atomic_open
+from au_annotate.records import Segment, VideoJob, VideoResult
+from au_annotate.settings import Settings
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "au-annotate-manifest"
+FORMAT_VERSION = 1
+# settings that never change what is written (how fast, how loud, where it runs)
+_RUNTIME_ONLY = frozenset({"jobs", "engine", "ray_address", "quiet", "verbose", "overwrite", "device", "batch_size",
+                           "report"})
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def output_key(job: VideoJob, settings: Settings, model_sha256: str) -> str:
+    """Hash of what determines a video's outputs: the file (size + mtime), result-changing settings, weights, version."""
+    st = os.stat(job.path)
+    relevant = {k: v for k, v in settings.as_dict().items() if k not in _RUNTIME_ONLY}
+    if settings.rules is not None:
+        with contextlib.suppress(OSError):
+            relevant["rules_sha256"] = hashlib.sha256(Path(settings.rules).read_bytes()).hexdigest()
+    blob = json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "rel": job.rel.as_posix(),
+                       "settings": relevant, "model": model_sha256, "version": __version__}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class Manifest:
+    """The manifest file's content; `record` updates one video and saves the whole file atomically."""
+
+    path: Path
+    videos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, out_dir: Path) -> Manifest:
+        """The manifest in `out_dir`, or an empty one (also when the file is unreadable: then nothing is trusted)."""
+        path = Path(out_dir) / MANIFEST_NAME
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") != FORMAT or not isinstance(data.get("videos"), dict):
+                raise ValueError("not an au-annotate manifest")
+        except (OSError, ValueError):
+            return cls(path=path)
+        return cls(path=path, videos=data["videos"], meta={k: v for k, v in data.items() if k != "videos"})
+
+    def reusable(self, job: VideoJob, key: str) -> dict[str, Any] | None:
+        """The entry of a finished video whose key matches and whose outputs all exist, else None."""
+        entry = self.videos.get(job.rel.as_posix())
+        if not entry or entry.get("key") != key or entry.get("status") not in ("done", "no_face"):
+            return None
+        outputs = [self.path.parent / p for p in entry.get("outputs", [])]
+        if not outputs or not all(p.is_file() for p in outputs):
+            return None
+        return entry
+
+    def record(self, result: VideoResult, key: str | None) -> None:
+        """Store one video's outcome and save."""
+        root = self.path.parent
+        outputs = []
+        for p in result.outputs:
+            try:
+                outputs.append(Path(p).resolve().relative_to(root.resolve()).as_posix())
+            except ValueError:
+                outputs.append(str(p))
+        self.videos[result.job.rel.as_posix()] = {
+            "path": str(result.job.path),
+            "status": result.status,
+            "reason": result.error,
+            "frames": result.frames,
+            "frames_with_face": result.frames_with_face,
+            "segments": len(result.segments),
+            "micro": sum(1 for s in result.segments if s.kind == "micro"),
+            "macro": sum(1 for s in result.segments if s.kind == "macro"),
+            "elapsed_s": round(result.elapsed_s, 3),
+            "key": key,
+            "outputs": outputs,
+            "finished": _now(),
+        }
+        self.save()
+
+    def save(self, **meta: Any) -> None:
+        """Write the manifest atomically (meta updates the run-level fields)."""
+        self.meta.update(meta)
+        data = {"format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": __version__, **self.meta,
+                "videos": dict(sorted(self.videos.items()))}
+        for k in ("format", "format_version", "tool_version"):
+            data[k] = {"format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": __version__}[k]
+        with atomic_open(self.path, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False, default=str)
+            fh.write("\n")
+
+
+def segments_from_csv(path: Path, video: str) -> tuple[Segment, ...]:
+    """Segments read back from a per-video segments CSV (to rebuild the combined CSV for resumed videos)."""
+    from au_annotate.writers import read_segments_csv
+
+    df = read_segments_csv(path)
+    names = tuple(c[:-2] for c in df.columns if c.endswith("_p"))
+    out = []
+    for row in df.itertuples(index=False):
+        r = row._asdict()
+        out.append(Segment(
+            video=video, face_id=str(r["face_id"]), segment_id=int(r["segment_id"]), kind=str(r["kind"]),  # type: ignore[arg-type]
+            onset_frame=int(r["onset_frame"]), apex_frame=int(r["apex_frame"]), offset_frame=int(r["offset_frame"]),
+            onset_s=float(r["onset_s"]), apex_s=float(r["apex_s"]), offset_s=float(r["offset_s"]),
+            duration_s=float(r["duration_s"]), score=float(r["score"]), au_names=names,
+            probs=np.array([r[f"{n}_p"] for n in names], np.float32),
+            present=np.array([bool(r[f"{n}_c"]) for n in names], bool),
+            aus=str(r.get("aus", "") or ""), emotion=str(r.get("emotion", "") or ""), rule=str(r.get("rule", "") or ""),
+        ))
+    return tuple(out)

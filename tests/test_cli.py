@@ -1,0 +1,107 @@
+"""End to end: the real CLI on synthetic face videos (real decode, MTCNN, tracking, spotting, flow, model, writers)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from au_annotate.cli import main
+
+
+@pytest.fixture(scope="module")
+def annotated(planted_clips, tmp_path_factory):
+    root, clips = planted_clips
+    out = tmp_path_factory.mktemp("out")
+    result = CliRunner().invoke(main, ["annotate", str(root), "-o", str(out), "--jobs", "1"])
+    return root, clips, out, result
+
+
+def test_exit_code_and_corrupt_file_reported(annotated) -> None:
+    root, _, out, result = annotated
+    assert result.exit_code == 1, result.output  # one input failed
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if "broken.mp4" in ln]
+    assert lines, result.output
+    assert any("decord" in ln or "open" in ln or "decod" in ln for ln in lines)
+    assert not list(out.rglob("broken*"))  # nothing written for the failed video
+    assert not list(out.rglob(".au-annotate-tmp-*"))  # no temporary file left behind
+
+
+def test_planted_apexes_found_in_csv(annotated) -> None:
+    _, clips, out, _ = annotated
+    for clip, csv_path in zip(clips, [out / "clip_a.segments.csv", out / "sub" / "clip_b.segments.csv"], strict=True):
+        df = pd.read_csv(csv_path, comment="#")
+        assert {"video", "face_id", "segment_id", "kind", "onset_frame", "apex_frame", "offset_frame", "onset_s",
+                "apex_s", "offset_s", "duration_s", "score", "aus", "emotion"} <= set(df.columns)
+        assert any(c.endswith("_p") for c in df.columns) and any(c.endswith("_c") for c in df.columns)
+        for event in clip.events:
+            near = df[(df["apex_s"] - event.apex_s).abs() <= 0.1]
+            assert len(near) >= 1, f"{csv_path.name}: no segment near planted apex {event.apex_s}\n{df}"
+        probs = df[[c for c in df.columns if c.endswith("_p")]].to_numpy()
+        assert ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_combined_csv_and_mirrored_layout(annotated) -> None:
+    _, _, out, _ = annotated
+    combined = pd.read_csv(out / "segments.csv", comment="#")
+    per_video = pd.concat([pd.read_csv(p, comment="#") for p in sorted(out.rglob("*.segments.csv"))])
+    assert len(combined) == len(per_video) > 0
+    assert set(combined["video"]) == {"clip_a.mp4", "sub/clip_b.mp4"}
+
+
+def test_eaf_reads_back_with_pympi(annotated) -> None:
+    import pympi
+
+    _, _, out, _ = annotated
+    for stem, folder in (("clip_a", out), ("clip_b", out / "sub")):
+        eaf = pympi.Elan.Eaf(str(folder / f"{stem}.eaf"))
+        df = pd.read_csv(folder / f"{stem}.segments.csv", comment="#")
+        assert {"segments", "AUs"} <= set(eaf.get_tier_names())
+        anns = sorted(eaf.get_annotation_data_for_tier("segments"))
+        assert len(anns) == len(df)
+        for (start, end, _value), (_, row) in zip(anns, df.sort_values("onset_s").iterrows(), strict=True):
+            assert abs(start - row["onset_s"] * 1000) <= 1.0
+            assert abs(end - row["offset_s"] * 1000) <= 1.0 or end > start  # end may be clipped to avoid overlap
+        media = eaf.media_descriptors
+        assert media and media[0]["MEDIA_URL"].endswith(f"{stem}.mp4")
+
+
+def test_api_returns_what_the_cli_wrote(annotated, tmp_path) -> None:
+    import au_annotate
+    from au_annotate.settings import DEFAULTS
+
+    root, _, out, _ = annotated
+    report = au_annotate.annotate([root], tmp_path / "api", DEFAULTS.replace(jobs=1))
+    cli_df = pd.read_csv(out / "segments.csv", comment="#")
+    assert len(report.segments) == len(cli_df)
+    assert sorted(s.apex_frame for s in report.segments) == sorted(cli_df["apex_frame"])
+    assert [r.status for r in report.results] == ["failed", "done", "done"]
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "unwritable"])
+def test_bad_invocations_give_one_line_and_exit_2(tmp_path: Path, planted_clips, case: str) -> None:
+    root, clips, = planted_clips[0], planted_clips[1]
+    if case == "missing":
+        args = [str(tmp_path / "no-such-folder"), "-o", str(tmp_path / "o")]
+    elif case == "empty":
+        (tmp_path / "empty").mkdir()
+        args = [str(tmp_path / "empty"), "-o", str(tmp_path / "o")]
+    else:
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        args = [str(clips[0].path), "-o", str(blocker / "out")]
+    result = CliRunner().invoke(main, ["annotate", *args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("Error")]
+    assert len(errors) == 1, result.output
+
+
+def test_python_dash_m_entry_point() -> None:
+    r = subprocess.run([sys.executable, "-m", "au_annotate", "--help"], capture_output=True, text=True, check=True)
+    assert "annotate" in r.stdout

@@ -1,0 +1,164 @@
+"""Discover, decode, face alignment and flow encoding, each on real inputs with known answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from au_annotate.decode import DecodeError, open_video, prefetch
+from au_annotate.discover import DiscoverError, discover
+from au_annotate.flow import encode_flow, farneback_flow, flow_picture, images_to_input
+from au_annotate.records import Frame
+
+
+def test_discover_mirrors_layout_and_skips_non_videos(tmp_path: Path) -> None:
+    for rel in ("a/interview.mp4", "b/interview.MP4", "b/deep/x.mkv", "b/readme.txt", "c.avi"):
+        p = tmp_path / "in" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    out = tmp_path / "out"
+    d = discover([tmp_path / "in"], out)
+    rels = [j.rel.as_posix() for j in d.jobs]
+    assert rels == ["a/interview.mp4", "b/deep/x.mkv", "b/interview.MP4", "c.avi"]
+    assert [p.name for p in d.skipped] == ["readme.txt"]
+    assert d.jobs[0].out_dir == out / "a" and d.jobs[2].out_dir == out / "b"
+    assert len({(j.out_dir, j.stem) for j in d.jobs}) == 4  # the two interview.mp4 never collide
+    assert [j.rel.as_posix() for j in discover([tmp_path / "in"], out, recursive=False).jobs] == ["c.avi"]
+
+
+def test_discover_missing_path_and_symlink_loop(tmp_path: Path) -> None:
+    with pytest.raises(DiscoverError, match="no such file"):
+        discover([tmp_path / "nope"], tmp_path / "out")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "v.mp4").write_bytes(b"x")
+    (tmp_path / "in" / "loop").symlink_to(tmp_path / "in")
+    d = discover([tmp_path / "in"], tmp_path / "out")
+    assert [j.rel.as_posix() for j in d.jobs] == ["v.mp4"]
+
+
+def test_discover_ignores_output_folder_inside_input(tmp_path: Path) -> None:
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.mp4").write_bytes(b"x")
+    assert [j.rel.as_posix() for j in discover([tmp_path], tmp_path / "out").jobs] == ["v.mp4"]
+
+
+def _write_clip(path: Path, n: int = 12, fps: float = 25.0) -> None:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (64, 48))
+    for i in range(n):
+        img = np.full((48, 64, 3), 0, np.uint8)
+        img[:, : (i + 1) * 4] = 200
+        w.write(img)
+    w.release()
+
+
+@pytest.mark.parametrize("backend", ["decord", "opencv", "auto"])
+def test_decode_streams_frames_with_times(tmp_path: Path, backend: str) -> None:
+    p = tmp_path / "c.mp4"
+    _write_clip(p)
+    with open_video(p, backend) as s:
+        assert (s.info.width, s.info.height) == (64, 48)
+        assert s.info.fps == pytest.approx(25.0)
+        frames = list(prefetch(iter(s), maxsize=2))
+    assert [f.index for f in frames] == list(range(12))
+    assert np.allclose([f.pts_s for f in frames], np.arange(12) / 25.0, atol=1e-3)
+    assert frames[0].image.shape == (48, 64, 3) and frames[0].image.dtype == np.uint8
+    # content is in order: the bright band grows by 4 px per frame
+    widths = [int((f.image[24, :, 0] > 100).sum()) for f in frames]
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+
+
+def test_decode_backends_agree(tmp_path: Path) -> None:
+    p = tmp_path / "c.mp4"
+    _write_clip(p)
+    a = [f.image for f in open_video(p, "decord")]
+    b = [f.image for f in open_video(p, "opencv")]
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("content", [b"", b"this is text, not a video\n" * 10])
+def test_decode_bad_files_raise_one_line(tmp_path: Path, content: bytes) -> None:
+    p = tmp_path / "bad.mp4"
+    p.write_bytes(content)
+    with pytest.raises(DecodeError) as e:
+        open_video(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_alignment_residual_motion_under_one_pixel() -> None:
+    """A face translating by sub-pixel steps gives aligned crops that stay within 1 px of each other."""
+    from skimage import data
+    from skimage.registration import phase_cross_correlation
+
+    from au_annotate.face import FaceTracker
+
+    big = cv2.resize(data.astronaut(), (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    tracker = FaceTracker(30.0)
+    crops = []
+    for i in range(30):
+        dx, dy = 0.37 * i, -0.23 * i  # 11 px right, 7 px up over the clip
+        m = np.float32([[1, 0, -100 + dx], [0, 1, -50 + dy]])
+        img = cv2.warpAffine(big, m, (640, 480), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        face = tracker.process(Frame(i, i / 30, img))
+        assert face is not None and face.crop.shape == (224, 224)
+        crops.append(face.crop.astype(np.float32))
+    assert tracker.detections == 1  # tracked by template matching, not re-detected
+    residual = [np.hypot(*phase_cross_correlation(crops[0], c, upsample_factor=20)[0]) for c in crops[1:]]
+    assert max(residual) < 1.0, residual
+    # without alignment the same frames would have moved by up to 13 px in frame pixels
+    assert np.hypot(0.37 * 29, 0.23 * 29) > 10
+
+
+def test_tracker_reports_no_face_without_crashing() -> None:
+    from au_annotate.face import FaceTracker
+
+    tracker = FaceTracker(30.0)
+    blank = np.full((240, 320, 3), 90, np.uint8)
+    assert all(tracker.process(Frame(i, i / 30, blank)) is None for i in range(40))
+    assert tracker.detections >= 2  # keeps retrying, but not on every frame
+    assert tracker.detections < 40
+
+
+def test_flow_encoding_pure_horizontal_shift() -> None:
+    """Rightward motion has angle 0 -> hue 0 (red); V is min-max normalised, so it reaches 255; RGB order."""
+    flow = np.zeros((224, 224, 2), np.float32)
+    flow[..., 0] = 1.0
+    flow[80:150, 80:150, 0] = 3.0  # a faster patch so min-max has a range
+    pic = encode_flow(flow)
+    assert pic.shape == (28, 28, 3) and pic.dtype == np.uint8
+    assert pic.max() == 255
+    centre = pic[14, 14]
+    assert tuple(centre) == (255, 0, 0)  # red first: RGB, not BGR
+    assert np.all(pic[..., 1] == 0) and np.all(pic[..., 2] == 0)  # hue 0 everywhere: only the red channel
+
+
+def test_flow_encoding_matches_reference_formula() -> None:
+    rng = np.random.default_rng(0)
+    flow = rng.normal(size=(224, 224, 2)).astype(np.float32)
+    mag = np.sqrt(flow[..., 0] ** 2 + flow[..., 1] ** 2)
+    ang = (np.degrees(np.arctan2(flow[..., 1], flow[..., 0])) % 360).astype(np.float32)
+    hsv = np.zeros((224, 224, 3), np.uint8)
+    hsv[..., 0] = ang / 2
+    hsv[..., 1] = 255
+    hsv[..., 2] = np.clip((mag - mag.min()) / (mag.max() - mag.min()) * 255, 0, 255)
+    ref = cv2.resize(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), (28, 28), interpolation=cv2.INTER_AREA)
+    got = encode_flow(flow)
+    # cv2.cartToPolar's angle is accurate to ~0.3 degree, so a hue may differ by one step on a few pixels
+    assert np.mean(np.abs(got.astype(int) - ref)) < 1.0
+
+
+def test_farneback_sees_a_real_shift_and_input_is_float_nchw() -> None:
+    from skimage import data
+
+    face = cv2.resize(cv2.cvtColor(data.astronaut()[40:200, 160:300], cv2.COLOR_RGB2GRAY), (224, 224))
+    shifted = np.roll(face, 2, axis=1)
+    f = farneback_flow(face, shifted)
+    assert f.shape == (224, 224, 2)
+    assert np.median(f[40:180, 40:180, 0]) == pytest.approx(2.0, abs=0.3)
+    pic = flow_picture(face, shifted)
+    x = images_to_input(pic[None])
+    assert x.shape == (1, 3, 28, 28) and x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    assert np.allclose(x[0, 0], pic[..., 0] / 255.0)
