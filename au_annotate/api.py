@@ -87,7 +87,7 @@ def _segments(work: VideoWork, probs: np.ndarray, model: _Model) -> tuple[Segmen
             onset_s=round(s.onset_s, 6), apex_s=round(s.apex_s, 6), offset_s=round(s.offset_s, 6),
             duration_s=round(max(0.0, s.offset_s - s.onset_s), 6), score=float(w.score),
             au_names=model.decoder.au_names, probs=p[i], present=present[i], aus=code, emotion=emotion, rule=rule,
-            flow_image=s.image,
+            flow_image=s.image, apex_crop=s.apex_thumb,
         ))
     return tuple(out)
 
@@ -134,7 +134,7 @@ def annotate(
             raise AnnotateError(str(e)) from None
         raise
     ctx = WriteContext(tool_version=__version__, model_name=model.name, model_sha256=model.sha256,
-                       settings=settings.as_dict(), au_tiers=settings.au_tiers)
+                       settings=settings.as_dict(), au_tiers=settings.au_tiers, au_names=model.decoder.au_names)
     manifest = Manifest.load(out)
     manifest.save(started=_now(), finished=None, interrupted=False, inputs=[str(p) for p in paths],
                   settings=settings.as_dict(), model={"name": model.name, "sha256": model.sha256})

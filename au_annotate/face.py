@@ -9,7 +9,6 @@ When the match score drops (the face turned, left or changed scale) the face is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -51,14 +50,21 @@ class FaceDetector:
 
 @dataclass
 class _Track:
-    """Current template and geometry of the tracked face (full-resolution frame coordinates)."""
+    """One tracked face: its template and geometry (full-resolution frame coordinates)."""
 
+    face_id: str
     cx: float  # crop centre
     cy: float
     side: float  # crop side
     template: np.ndarray  # grayscale template at tracking scale
     landmarks_rel: np.ndarray  # (5, 2) landmarks relative to the crop's top-left, in full-res pixels
-    epoch: int
+    epoch: int = 0
+    lost_at: int | None = None  # frame index where tracking was lost (None = tracked)
+    score: float = 1.0
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return (self.cx - self.side / 2, self.cy - self.side / 2, self.side, self.side)
 
 
 def _subpixel_peak(res: np.ndarray, x: int, y: int) -> tuple[float, float]:
@@ -73,8 +79,42 @@ def _subpixel_peak(res: np.ndarray, x: int, y: int) -> tuple[float, float]:
     return x + dx, y + dy
 
 
+def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def parse_faces(spec: str | int) -> int:
+    """`--faces` value -> how many faces to track: all = 0 (no limit), largest = 1, N = N."""
+    if isinstance(spec, int):
+        n = spec
+    elif str(spec).strip().lower() == "all":
+        return 0
+    elif str(spec).strip().lower() == "largest":
+        return 1
+    else:
+        try:
+            n = int(str(spec))
+        except ValueError:
+            raise ValueError(f"--faces must be all, largest or a positive number, got {spec!r}") from None
+    if n < 1:
+        raise ValueError(f"--faces must be all, largest or a positive number, got {spec!r}")
+    return n
+
+
 class FaceTracker:
-    """Streams frames -> AlignedFace (or None when no face), detecting on demand and tracking by template matching."""
+    """Streams frames -> aligned faces, one template-matching track per face, detecting only when needed.
+
+    Detection (MTCNN) runs on the first frames until a face appears, when a track's match score drops, every
+    `redetect_every_s` to discover faces that entered, and while faces are missing. Tracks keep their id while briefly
+    lost: a re-detection near the old position or with the same appearance re-anchors the same id (a new `epoch`).
+    `max_faces`: 0 = every face, 1 = only the largest at first detection (`face0`), N = the N largest.
+    """
+
+    MAX_LOST = 16  # lost tracks remembered for re-identification (bounded memory on long videos)
 
     def __init__(
         self,
@@ -87,8 +127,8 @@ class FaceTracker:
         redetect_every_s: float = 0.0,
         min_face_size: int = 40,
         retry_s: float = 0.5,
+        max_faces: int = 0,
         detector: FaceDetector | None = None,
-        face_id: str = "face0",
     ) -> None:
         self.crop_size = crop_size
         self.track_max_side = track_max_side
@@ -96,40 +136,16 @@ class FaceTracker:
         self.redetect_below = redetect_below
         self.redetect_every = int(round(redetect_every_s * fps)) if redetect_every_s > 0 else 0
         self.retry_every = max(1, int(round(retry_s * fps)))
+        self.max_faces = max_faces
         self.detector = detector or FaceDetector(min_face_size=min_face_size)
-        self.face_id = face_id
-        self._track: _Track | None = None
+        self._tracks: list[_Track] = []
         self._scale = 1.0
         self._last_detect = -(10**9)
-        self._epoch = -1
+        self._next_id = 0
         self.detections = 0
-        self.faces_seen = 0  # largest number of faces seen in one detection
+        self.face_ids: set[str] = set()  # every id that produced a crop
 
-    # -- detection -------------------------------------------------------------------------------------------------
-    def _detect(self, frame: Frame, gray_small: np.ndarray) -> bool:
-        self._last_detect = frame.index
-        self.detections += 1
-        faces = self.detector.detect(frame.image)
-        if not faces:
-            self._track = None
-            return False
-        self.faces_seen = max(self.faces_seen, len(faces))
-        f = faces[0]
-        side = CROP_EXPAND * max(f.w, f.h)
-        cx, cy = f.x + f.w / 2, f.y + f.h / 2
-        s = self._scale
-        tx0, ty0 = int(round((cx - side / 2) * s)), int(round((cy - side / 2) * s))
-        tside = max(8, int(round(side * s)))
-        template = self._cut(gray_small, tx0, ty0, tside)
-        # snap the crop centre to the template's integer grid so tracking starts from exactly the template's position
-        cx, cy = (tx0 + tside / 2) / s, (ty0 + tside / 2) / s
-        side = tside / s
-        self._epoch += 1
-        self._track = _Track(cx=cx, cy=cy, side=side, template=template,
-                             landmarks_rel=f.landmarks - np.array([cx - side / 2, cy - side / 2], dtype=np.float32),
-                             epoch=self._epoch)
-        return True
-
+    # -- geometry helpers ------------------------------------------------------------------------------------------
     @staticmethod
     def _cut(img: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
         """Square cut with border replication where it leaves the image."""
@@ -140,73 +156,142 @@ class FaceTracker:
             x0, y0 = x0 + pad, y0 + pad
         return img[y0 : y0 + side, x0 : x0 + side].copy()
 
-    # -- tracking --------------------------------------------------------------------------------------------------
-    def _match(self, gray_small: np.ndarray) -> float:
-        """Move the track to the best match in the search area; returns the TM_CCOEFF_NORMED score."""
-        tr = self._track
-        assert tr is not None
+    def _anchor(self, f: FaceBox, small: np.ndarray) -> tuple[float, float, float, np.ndarray, np.ndarray]:
+        """Crop geometry and template for a detection, snapped to the tracking grid."""
+        side = CROP_EXPAND * max(f.w, f.h)
+        cx, cy = f.x + f.w / 2, f.y + f.h / 2
         s = self._scale
-        t = tr.template
-        th, tw = t.shape
-        margin = max(4, int(round(self.search_margin * tr.side * s)))
-        x0 = int(round((tr.cx - tr.side / 2) * s)) - margin
-        y0 = int(round((tr.cy - tr.side / 2) * s)) - margin
-        area = self._cut(gray_small, x0, y0, tw + 2 * margin)
-        if float(area.std()) < 1e-3 or float(t.std()) < 1e-3:
+        tx0, ty0 = int(round((cx - side / 2) * s)), int(round((cy - side / 2) * s))
+        tside = max(8, int(round(side * s)))
+        template = self._cut(small, tx0, ty0, tside)
+        cx, cy, side = (tx0 + tside / 2) / s, (ty0 + tside / 2) / s, tside / s
+        lm = f.landmarks - np.array([cx - side / 2, cy - side / 2], dtype=np.float32)
+        return cx, cy, side, template, lm
+
+    @staticmethod
+    def _appearance(template: np.ndarray, candidate: np.ndarray) -> float:
+        """Normalised correlation of a track's template with a candidate face cut (same size)."""
+        if candidate.shape != template.shape:
+            candidate = cv2.resize(candidate, template.shape[::-1], interpolation=cv2.INTER_AREA)
+        if float(template.std()) < 1e-3 or float(candidate.std()) < 1e-3:
             return 0.0
-        res = cv2.matchTemplate(area, t, cv2.TM_CCOEFF_NORMED)
+        return float(cv2.matchTemplate(candidate, template, cv2.TM_CCOEFF_NORMED)[0, 0])
+
+    # -- detection -------------------------------------------------------------------------------------------------
+    def _detect(self, frame: Frame, small: np.ndarray) -> None:
+        """Detect faces; re-anchor lost tracks to their faces, start tracks for new faces, leave good tracks alone."""
+        self._last_detect = frame.index
+        self.detections += 1
+        faces = self.detector.detect(frame.image)
+        active = [t for t in self._tracks if t.lost_at is None]
+        lost = sorted((t for t in self._tracks if t.lost_at is not None), key=lambda t: -(t.lost_at or 0))
+        free: list[tuple[FaceBox, tuple[float, float, float, np.ndarray, np.ndarray]]] = []
+        for f in faces:
+            geo = self._anchor(f, small)
+            box = (geo[0] - geo[2] / 2, geo[1] - geo[2] / 2, geo[2], geo[2])
+            if any(_iou(box, t.box) > 0.3 for t in active):
+                continue  # already tracked well: keep that track's alignment stable
+            free.append((f, geo))
+        # re-identify lost tracks: position first, then appearance
+        for f, geo in list(free):
+            cx, cy, side, template, lm = geo
+            best, best_score = None, 0.0
+            for t in lost:
+                near = np.hypot(cx - t.cx, cy - t.cy) < 0.75 * max(side, t.side)
+                similar = self._appearance(t.template, self._cut(small, *self._grid(cx, cy, side)))
+                score = similar + (0.5 if near else 0.0)
+                if (near or similar > 0.6) and score > best_score:
+                    best, best_score = t, score
+            if best is None and self.max_faces == 1 and lost and not active:
+                best = lost[0]  # "largest": the one face we follow comes back, even if it looks different now
+            if best is not None:
+                best.cx, best.cy, best.side, best.template, best.landmarks_rel = cx, cy, side, template, lm
+                best.epoch += 1
+                best.lost_at = None
+                best.score = 1.0
+                lost.remove(best)
+                active.append(best)
+                free.remove((f, geo))
+        # new faces, largest first, within the limit
+        for _f, (cx, cy, side, template, lm) in free:
+            if self.max_faces and len(self._tracks) >= self.max_faces:
+                break
+            t = _Track(face_id=f"face{self._next_id}", cx=cx, cy=cy, side=side, template=template, landmarks_rel=lm)
+            self._next_id += 1
+            self._tracks.append(t)
+            active.append(t)
+        # forget the oldest lost tracks beyond the memory bound
+        lost_all = [t for t in self._tracks if t.lost_at is not None]
+        for t in sorted(lost_all, key=lambda t: t.lost_at or 0)[: max(0, len(lost_all) - self.MAX_LOST)]:
+            self._tracks.remove(t)
+
+    def _grid(self, cx: float, cy: float, side: float) -> tuple[int, int, int]:
+        s = self._scale
+        return int(round((cx - side / 2) * s)), int(round((cy - side / 2) * s)), max(8, int(round(side * s)))
+
+    # -- tracking --------------------------------------------------------------------------------------------------
+    def _match(self, t: _Track, small: np.ndarray) -> float:
+        """Move a track to the best match in its search area; returns the TM_CCOEFF_NORMED score."""
+        s = self._scale
+        tmpl = t.template
+        th, tw = tmpl.shape
+        margin = max(4, int(round(self.search_margin * t.side * s)))
+        x0 = int(round((t.cx - t.side / 2) * s)) - margin
+        y0 = int(round((t.cy - t.side / 2) * s)) - margin
+        area = self._cut(small, x0, y0, tw + 2 * margin)
+        if float(area.std()) < 1e-3 or float(tmpl.std()) < 1e-3:
+            return 0.0
+        res = cv2.matchTemplate(area, tmpl, cv2.TM_CCOEFF_NORMED)
         _, score, _, (bx, by) = cv2.minMaxLoc(res)
         fx, fy = _subpixel_peak(res, bx, by)
-        tr.cx = (x0 + fx + tw / 2) / s
-        tr.cy = (y0 + fy + th / 2) / s
+        t.cx = (x0 + fx + tw / 2) / s
+        t.cy = (y0 + fy + th / 2) / s
         return float(score)
 
-    def process(self, frame: Frame) -> AlignedFace | None:
-        """The aligned face of this frame, or None when no face is tracked here."""
+    def process_all(self, frame: Frame) -> list[AlignedFace]:
+        """The aligned faces of this frame (ordered by face id); empty when no face is tracked here."""
         gray = cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY)
         h, w = gray.shape
         self._scale = min(1.0, self.track_max_side / max(h, w))
         s = self._scale
         small = cv2.resize(gray, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA) if s < 1 else gray
-        score = 1.0
-        if self._track is None:
-            if frame.index - self._last_detect < self.retry_every or not self._detect(frame, small):
-                return None
-        elif self.redetect_every and frame.index - self._last_detect >= self.redetect_every:
-            if not self._detect(frame, small):
-                return None
-        else:
-            score = self._match(small)
-            if score < self.redetect_below and not self._detect(frame, small):
-                return None
-        tr = self._track
-        assert tr is not None
-        crop = cv2.getRectSubPix(gray, (int(round(tr.side)),) * 2, (tr.cx - 0.5, tr.cy - 0.5))
-        k = self.crop_size / crop.shape[0]
-        crop = cv2.resize(crop, (self.crop_size, self.crop_size),
-                          interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
-        return AlignedFace(
-            index=frame.index,
-            pts_s=frame.pts_s,
-            face_id=self.face_id,
-            crop=crop,
-            landmarks=(tr.landmarks_rel * k).astype(np.float32),
-            box=(tr.cx - tr.side / 2, tr.cy - tr.side / 2, tr.side, tr.side),
-            match=score,
-            epoch=tr.epoch,
-        )
+        newly_lost = False
+        for t in self._tracks:
+            if t.lost_at is None:
+                t.score = self._match(t, small)
+                if t.score < self.redetect_below:
+                    t.lost_at = frame.index
+                    newly_lost = True
+        since = frame.index - self._last_detect
+        active = [t for t in self._tracks if t.lost_at is None]
+        if (
+            newly_lost
+            or (not active and since >= self.retry_every)
+            or (self.redetect_every and since >= self.redetect_every)
+            or (len(active) < len(self._tracks) and since >= self.retry_every)
+        ):
+            self._detect(frame, small)
+        # merge tracks that converged on one face (keep the older id)
+        active = sorted((t for t in self._tracks if t.lost_at is None), key=lambda t: int(t.face_id[4:]))
+        for i, a in enumerate(active):
+            for b in active[i + 1 :]:
+                if b.lost_at is None and a.lost_at is None and _iou(a.box, b.box) > 0.5:
+                    b.lost_at = frame.index
+        out = []
+        for t in sorted(self._tracks, key=lambda t: int(t.face_id[4:])):
+            if t.lost_at is not None:
+                continue
+            crop = cv2.getRectSubPix(gray, (int(round(t.side)),) * 2, (t.cx - 0.5, t.cy - 0.5))
+            k = self.crop_size / crop.shape[0]
+            crop = cv2.resize(crop, (self.crop_size, self.crop_size),
+                              interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
+            self.face_ids.add(t.face_id)
+            out.append(AlignedFace(index=frame.index, pts_s=frame.pts_s, face_id=t.face_id, crop=crop,
+                                   landmarks=(t.landmarks_rel * k).astype(np.float32), box=t.box, match=t.score,
+                                   epoch=t.epoch))
+        return out
 
-
-def make_tracker(settings: object, fps: float, detector_factory: Callable[[], FaceDetector] | None = None) -> FaceTracker:
-    """A FaceTracker configured from a Settings object."""
-    s = settings
-    return FaceTracker(
-        fps,
-        crop_size=s.crop_size,  # type: ignore[attr-defined]
-        track_max_side=s.track_max_side,  # type: ignore[attr-defined]
-        search_margin=s.search_margin,  # type: ignore[attr-defined]
-        redetect_below=s.redetect_below,  # type: ignore[attr-defined]
-        redetect_every_s=s.redetect_every_s,  # type: ignore[attr-defined]
-        min_face_size=s.min_face_size,  # type: ignore[attr-defined]
-        detector=detector_factory() if detector_factory else None,
-    )
+    def process(self, frame: Frame) -> AlignedFace | None:
+        """The first tracked face of this frame (lowest id), or None: the single-face view of process_all."""
+        faces = self.process_all(frame)
+        return faces[0] if faces else None

@@ -14,14 +14,17 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from au_annotate.decode import open_video, prefetch
-from au_annotate.face import FaceDetector, FaceTracker
+from au_annotate.face import FaceDetector, FaceTracker, parse_faces
 from au_annotate.flow import flow_picture, mosaic_picture
 from au_annotate.records import AlignedFace, FlowSample, VideoInfo, VideoJob, Window
 from au_annotate.settings import Settings
-from au_annotate.spot import make_spotter
+from au_annotate.spot import Spotter, make_spotter
+
+THUMB_SIZE = 96  # apex thumbnails kept per window for the HTML report (9 KB each)
 
 
 class NoFaceError(RuntimeError):
@@ -94,6 +97,14 @@ class CropBuffer:
         return onset_face, apex_face
 
 
+@dataclass
+class _FaceState:
+    """Per-face streaming state: that face's spotter and the ring buffer of its recent crops."""
+
+    spotter: Spotter
+    buffer: CropBuffer
+
+
 def process_video(
     job: VideoJob,
     settings: Settings,
@@ -119,24 +130,27 @@ def process_video(
             redetect_below=settings.redetect_below,
             redetect_every_s=settings.redetect_every_s,
             min_face_size=settings.min_face_size,
+            max_faces=parse_faces(settings.faces),
             detector=detector,
         )
         signal = array("f")
-
-        def keep_signal(index: int, value: float) -> None:
-            signal.extend((float(index), float(value)))
-
-        spotter = make_spotter(settings.spotter, fps, settings.spot, on_signal=keep_signal)
-        buffer = CropBuffer(spotter.max_latency_frames + 2)
-        times_s: deque[tuple[int, float]] = deque(maxlen=buffer.capacity + 1)  # (index, pts) for window times
+        tracks: dict[str, _FaceState] = {}  # per face id: its own spotter and crop buffer
+        times_s: deque[tuple[int, float]] = deque(maxlen=1)  # resized once the first spotter tells its latency
         samples: list[FlowSample] = []
         frames = with_face = 0
         pending = 0
 
-        def emit(windows: list[Window], last_pts: float) -> None:
+        def new_state(face_id: str) -> _FaceState:
+            # the report's signal timeline follows face0 (the largest face at first detection)
+            hook = (lambda i, v: signal.extend((float(i), float(v)))) if face_id == "face0" else None
+            spotter = make_spotter(settings.spotter, fps, settings.spot, on_signal=hook)
+            return _FaceState(spotter, CropBuffer(spotter.max_latency_frames + 2))
+
+        def emit(windows: list[Window], state: _FaceState, last_pts: float) -> None:
             t0 = time.perf_counter()
+            lookup = dict(times_s)
             for w in windows:
-                pair = buffer.pair(w.onset, w.apex)
+                pair = state.buffer.pair(w.onset, w.apex)
                 if pair is None:
                     continue
                 onset_face, apex_face = pair
@@ -144,10 +158,12 @@ def process_video(
                     pic = mosaic_picture(onset_face.crop, apex_face.crop, apex_face.landmarks)
                 else:
                     pic = flow_picture(onset_face.crop, apex_face.crop)
-                lookup = dict(times_s)
                 offset_s = lookup.get(w.offset, last_pts if w.offset >= frames - 1 else apex_face.pts_s)
-                samples.append(FlowSample(face_id=apex_face.face_id, window=w, onset_s=lookup.get(w.onset, onset_face.pts_s),
-                                          apex_s=lookup.get(w.apex, apex_face.pts_s), offset_s=offset_s, image=pic))
+                thumb = cv2.resize(apex_face.crop, (THUMB_SIZE, THUMB_SIZE), interpolation=cv2.INTER_AREA)
+                samples.append(FlowSample(face_id=apex_face.face_id, window=w,
+                                          onset_s=lookup.get(w.onset, onset_face.pts_s),
+                                          apex_s=lookup.get(w.apex, apex_face.pts_s), offset_s=offset_s, image=pic,
+                                          apex_thumb=thumb))
             times.flow += time.perf_counter() - t0
 
         last_pts = 0.0
@@ -155,28 +171,39 @@ def process_video(
         for frame in prefetch(iter(stream)):
             t1 = time.perf_counter()
             times.decode += t1 - t_wait
-            face = tracker.process(frame)
+            faces = tracker.process_all(frame)
             t2 = time.perf_counter()
             times.face += t2 - t1
             frames += 1
             last_pts = frame.pts_s
             times_s.append((frame.index, frame.pts_s))
-            if face is not None:
+            if faces:
                 with_face += 1
-                buffer.add(face)
-            windows = spotter.process_frame(frame.index, frame.pts_s, face)
+            present = {f.face_id: f for f in faces}
+            for face_id in present.keys() - tracks.keys():
+                tracks[face_id] = new_state(face_id)
+                if times_s.maxlen is not None and times_s.maxlen < tracks[face_id].buffer.capacity + 1:
+                    times_s = deque(times_s, maxlen=tracks[face_id].buffer.capacity + 1)
+            for face_id, state in tracks.items():
+                face = present.get(face_id)
+                if face is not None:
+                    state.buffer.add(face)
+                windows = state.spotter.process_frame(frame.index, frame.pts_s, face)
+                if windows:
+                    times.spot += time.perf_counter() - t2
+                    emit(windows, state, last_pts)
+                    t2 = time.perf_counter()
             times.spot += time.perf_counter() - t2
-            if windows:
-                emit(windows, last_pts)
             pending += 1
             if on_frames and pending >= 25:
                 on_frames(pending)
                 pending = 0
             t_wait = time.perf_counter()
-        t2 = time.perf_counter()
-        windows = spotter.flush()
-        times.spot += time.perf_counter() - t2
-        emit(windows, last_pts)
+        for state in tracks.values():
+            t2 = time.perf_counter()
+            windows = state.spotter.flush()
+            times.spot += time.perf_counter() - t2
+            emit(windows, state, last_pts)
         if on_frames and pending:
             on_frames(pending)
     if frames == 0:
@@ -185,10 +212,10 @@ def process_video(
         raise DecodeError(f"{job.path}: no decodable frames")
     if with_face == 0:
         raise NoFaceError(f"{job.path}: no face found in {frames} frames")
-    samples.sort(key=lambda s: (s.window.onset, s.window.apex))
+    samples.sort(key=lambda s: (s.window.onset, s.window.apex, s.face_id))
     sig = np.frombuffer(signal, dtype=np.float32).reshape(-1, 2).copy() if len(signal) else np.zeros((0, 2), np.float32)
     return VideoWork(job=job, info=info, samples=samples, frames=frames, frames_with_face=with_face,
-                     faces=max(1, tracker.faces_seen), signal=sig, times=times)
+                     faces=len(tracker.face_ids), signal=sig, times=times)
 
 
 _DETECTOR: FaceDetector | None = None

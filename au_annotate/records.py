@@ -115,6 +115,7 @@ class FlowSample:
     apex_s: float
     offset_s: float
     image: np.ndarray
+    apex_thumb: np.ndarray | None = None  # small grayscale aligned face at the apex (for reports)
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,6 +141,7 @@ class Segment:
     emotion: str  # "" when no rule fired
     rule: str = ""  # name of the rule that fired
     flow_image: np.ndarray | None = None  # the 28x28 RGB model input, kept for reports
+    apex_crop: np.ndarray | None = None  # small grayscale aligned face at the apex, kept for reports
 
 
 @dataclass(frozen=True, eq=False)

@@ -31,6 +31,7 @@ class Settings:
     redetect_below: float = 0.55  # re-detect when the TM_CCOEFF_NORMED match score drops below this
     redetect_every_s: float = 10.0  # also re-detect periodically to refresh the template (0 = never)
     min_face_size: int = 40  # MTCNN minimum face size in pixels
+    faces: str = "all"  # all | largest | N: which faces get a track (face0 = the largest at first detection)
     # spot
     spotter: str = "roi-flow"
     spot: dict[str, Any] = field(default_factory=dict)  # overrides of au_annotate.spot.SpotConfig fields

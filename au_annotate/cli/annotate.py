@@ -36,10 +36,13 @@ def _formats(value: str | None) -> tuple[str, ...] | None:
 @click.option("--decoder", type=click.Choice(["auto", "decord", "opencv"]), help="Video decoding backend. [auto]")
 @click.option("--input-layout", type=click.Choice(["face", "mosaic"]),
               help="Model input: whole-face flow (seed) or the official HTNet 4-patch mosaic. [face]")
+@click.option("--faces", help="Which faces to annotate: all, largest, or N (the N largest). [all]")
 @click.option("-j", "--jobs", type=click.IntRange(0), help="Worker processes for videos; 0 = auto (cores / 2). [0]")
 @click.option("--engine", type=click.Choice(["local", "ray"]), help="Where per-video work runs. [local]")
 @click.option("--ray-address", help="Ray cluster for --engine ray: auto or HOST:PORT. [start a local Ray]")
 @click.option("--recursive/--no-recursive", default=None, help="Descend into sub-folders. [recursive]")
+@click.option("--overwrite", is_flag=True, default=None,
+              help="Recompute every video, even those an earlier run finished with the same settings.")
 @click.option("-q", "--quiet", is_flag=True, default=None, help="No progress bars and no summary.")
 @click.option("-v", "--verbose", is_flag=True, default=None, help="Tracebacks for failed videos.")
 def annotate(inputs: tuple[Path, ...], out_dir: Path, config_file: Path | None, formats: str | None,

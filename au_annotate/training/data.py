@@ -1,0 +1,174 @@
+"""SAMM flow-picture dataset: labels from the FACS codes of ``samm.csv``, joined by name to ``flows/*.png``.
+
+Label rule: an AU is positive for a sample when its code contains it at any intensity and on any side, including
+``ref(..)`` codes (present, referenced). For uncertain codes ``X or Y`` every option counts as present (rule ``all``;
+``first`` and ``none`` are available). The label space is every AU that occurs in the table (27 for SAMM), in ascending
+AU number, unless an explicit list of AU names is given.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from au_annotate.facs import FACSParseError, au_name, au_number, parse
+from au_annotate.flow import load_flow_png
+
+CSV_NAME = "samm.csv"
+FLOW_DIR = "flows"
+REQUIRED_COLUMNS = ("Subject", "Filename", "Action Units")
+
+
+class DatasetError(ValueError):
+    """The training data folder is missing a file or holds something unreadable (message names the file)."""
+
+
+@dataclass(frozen=True)
+class MetaRow:
+    """One row of the metadata table that matters for training."""
+
+    subject: str
+    filename: str
+    action_units: str
+
+    @property
+    def image_name(self) -> str:
+        """Flow picture file name: ``sub{Subject}_{Filename}.png``."""
+        return f"sub{self.subject}_{self.filename}.png"
+
+
+@dataclass(frozen=True)
+class AUDataset:
+    """Flow pictures with multi-hot AU labels and subject ids (one row per sample with an image)."""
+
+    images: np.ndarray  # uint8 (N, 28, 28, 3) RGB
+    labels: np.ndarray  # float32 (N, K) 0/1
+    subjects: np.ndarray  # str (N,)
+    names: tuple[str, ...]  # image file names
+    codes: tuple[str, ...]  # the raw FACS strings
+    au_names: tuple[str, ...]  # "AU04", ... in label column order
+    missing: tuple[str, ...] = ()  # table rows without a flow picture (image names)
+    identity: dict = field(default_factory=dict)  # see data_identity()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, idx: np.ndarray) -> AUDataset:
+        """The samples at `idx` (labels, images and ids kept aligned)."""
+        idx = np.asarray(idx)
+        return AUDataset(
+            self.images[idx], self.labels[idx], self.subjects[idx], tuple(self.names[i] for i in idx),
+            tuple(self.codes[i] for i in idx), self.au_names, (), {},
+        )
+
+
+def read_table(csv_path: str | Path) -> list[MetaRow]:
+    """Read SAMM's ``;``-separated metadata table (CRLF, optional BOM)."""
+    path = Path(csv_path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: metadata table not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh, delimiter=";")
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DatasetError(f"{path}: missing column(s) {', '.join(missing)} (is it ';'-separated?)")
+            rows = [
+                MetaRow(r["Subject"].strip(), r["Filename"].strip(), (r["Action Units"] or "").strip())
+                for r in reader
+                if (r.get("Filename") or "").strip()
+            ]
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    if not rows:
+        raise DatasetError(f"{path}: no rows")
+    return rows
+
+
+def build_labels(codes: Sequence[str], au_names: Sequence[str] | None = None, alternatives: str = "all") -> tuple[
+    np.ndarray, tuple[str, ...]
+]:
+    """Multi-hot float32 (N, K) labels from FACS strings, and the AU names of the columns.
+
+    au_names=None: every AU occurring in `codes`, ascending. AUs outside an explicit list are ignored."""
+    sets = [parse(c).aus(alternatives) for c in codes]
+    if au_names is None:
+        au_names = tuple(au_name(a) for a in sorted(set().union(*sets)))
+    numbers = [au_number(n) for n in au_names]
+    labels = np.zeros((len(codes), len(numbers)), dtype=np.float32)
+    for i, s in enumerate(sets):
+        for j, a in enumerate(numbers):
+            labels[i, j] = float(a in s)
+    return labels, tuple(au_names)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def data_identity(csv_path: Path, image_paths: Sequence[Path], subjects: Sequence[str]) -> dict:
+    """What identifies the training data: a hash over the table and every image (names + bytes), counts, subjects."""
+    h = hashlib.sha256()
+    h.update(f"{csv_path.name}:{_sha256(csv_path)}\n".encode())
+    for p in sorted(image_paths, key=lambda p: p.name):
+        h.update(f"{p.name}:{_sha256(p)}\n".encode())
+    return {
+        "name": csv_path.parent.name,
+        "files_sha256": h.hexdigest(),
+        "n_samples": len(image_paths),
+        "subjects": sorted(set(subjects)),
+        "n_subjects": len(set(subjects)),
+    }
+
+
+def load_dataset(data_dir: str | Path, au_names: Sequence[str] | None = None, alternatives: str = "all") -> AUDataset:
+    """Load ``DIR/samm.csv`` + ``DIR/flows/*.png``; rows without a picture are listed in ``missing``, not fatal."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data folder not found")
+    csv_path = root / CSV_NAME
+    rows = read_table(csv_path)
+    flow_dir = root / FLOW_DIR
+    if not flow_dir.is_dir():
+        raise DatasetError(f"{flow_dir}: flow picture folder not found")
+    kept: list[MetaRow] = []
+    missing: list[str] = []
+    images: list[np.ndarray] = []
+    paths: list[Path] = []
+    for row in rows:
+        try:
+            parse(row.action_units)
+        except FACSParseError as exc:
+            raise DatasetError(f"{csv_path}: row {row.filename}: {exc}") from exc
+        p = flow_dir / row.image_name
+        if not p.is_file():
+            missing.append(row.image_name)
+            continue
+        try:
+            img = load_flow_png(p)
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from exc
+        if img.shape != (28, 28, 3):
+            raise DatasetError(f"{p}: expected a 28x28 RGB flow picture, got {img.shape}")
+        kept.append(row)
+        images.append(img)
+        paths.append(p)
+    if not kept:
+        raise DatasetError(f"{flow_dir}: no flow picture matches a row of {csv_path.name}")
+    labels, names = build_labels([r.action_units for r in kept], au_names, alternatives)
+    subjects = [r.subject for r in kept]
+    return AUDataset(
+        images=np.stack(images),
+        labels=labels,
+        subjects=np.asarray(subjects),
+        names=tuple(r.image_name for r in kept),
+        codes=tuple(r.action_units for r in kept),
+        au_names=names,
+        missing=tuple(missing),
+        identity=data_identity(csv_path, paths, subjects),
+    )

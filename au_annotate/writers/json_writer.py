@@ -1,0 +1,81 @@
+"""JSON output: one UTF-8 document per video with the run metadata, the video's facts and every segment.
+
+Shape (``schema`` = "au-annotate/segments-v1")::
+
+    {"schema": ..., "metadata": {tool, tool_version, model_name, model_sha256, created, settings},
+     "video": {path, rel, status, error, info: {backend, width, height, fps, n_frames, duration_s} | null,
+               frames, frames_with_face, faces, elapsed_s},
+     "au_names": ["AU04", ...],
+     "segments": [{face_id, segment_id, kind, onset_frame, apex_frame, offset_frame, onset_s, apex_s, offset_s,
+                   duration_s, score, aus, active: ["AU04", ...], emotion, rule, probs: {"AU04": 0.91, ...}}]}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from au_annotate.fileio import atomic_open
+from au_annotate.records import Segment, VideoResult
+from au_annotate.writers.base import LEAD_COLUMNS, WriteContext, Writer, au_names_of, jsonable, run_metadata
+
+SCHEMA = "au-annotate/segments-v1"
+
+
+def segment_dict(s: Segment) -> dict[str, Any]:
+    """One segment as a JSON object (the CSV's values, with probabilities keyed by AU name)."""
+    out: dict[str, Any] = {c: getattr(s, c) for c in LEAD_COLUMNS if c != "video"}
+    out["aus"] = s.aus
+    out["active"] = [n for n, p in zip(s.au_names, s.present, strict=True) if bool(p)]
+    out["emotion"] = s.emotion
+    out["rule"] = s.rule
+    out["probs"] = {n: float(p) for n, p in zip(s.au_names, s.probs, strict=True)}
+    return jsonable(out)
+
+
+def video_document(result: VideoResult, ctx: WriteContext) -> dict[str, Any]:
+    """The whole JSON document for one video."""
+    info = result.info
+    return {
+        "schema": SCHEMA,
+        "metadata": run_metadata(ctx),
+        "video": jsonable(
+            {
+                "path": str(result.job.path),
+                "rel": result.job.rel.as_posix(),
+                "status": result.status,
+                "error": result.error,
+                "info": None
+                if info is None
+                else {
+                    "backend": info.backend,
+                    "width": info.width,
+                    "height": info.height,
+                    "fps": info.fps,
+                    "n_frames": info.n_frames,
+                    "duration_s": info.duration_s,
+                },
+                "frames": result.frames,
+                "frames_with_face": result.frames_with_face,
+                "faces": result.faces,
+                "elapsed_s": result.elapsed_s,
+            }
+        ),
+        "au_names": list(au_names_of(result.segments, ctx.au_names)),
+        "segments": [segment_dict(s) for s in result.segments],
+    }
+
+
+class JSONWriter(Writer):
+    """Per-video `<stem>.json`."""
+
+    name = "json"
+    extension = ".json"
+
+    def write(self, result: VideoResult, path: Path, ctx: WriteContext) -> None:
+        """Write the document atomically (UTF-8, non-ASCII kept as is, NaN written as null)."""
+        doc = video_document(result, ctx)
+        with atomic_open(path, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, ensure_ascii=False, indent=1, allow_nan=False)
+            fh.write("\n")

@@ -1,0 +1,75 @@
+"""Several faces in one video: a track per person, stable ids, segments on the right face."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+import pytest
+
+from au_annotate.pipeline import process_video
+from au_annotate.records import VideoJob
+from au_annotate.settings import DEFAULTS
+from au_annotate.synth import PlantedEvent, iter_frames
+
+
+def _write(path: Path, frames, fps: float = 30.0) -> None:
+    frames = list(frames)
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+def _job(path: Path) -> VideoJob:
+    return VideoJob(path=path, rel=PurePosixPath(path.name), out_dir=path.parent)
+
+
+@pytest.fixture(scope="module")
+def two_faces(tmp_path_factory) -> Path:
+    """Left: a larger face with a brow raise at 1.0 s; right: a mirrored, smaller face with a lip-corner pull at 2.6 s."""
+    left = iter_frames(fps=30, duration_s=4.0, size=(480, 400), seed=3, noise_sigma=1.0, face_scale=1.0,
+                       events=[PlantedEvent("brow_raise", 0.8, 1.0, 1.25, 3.0)])
+    right = iter_frames(fps=30, duration_s=4.0, size=(480, 400), seed=4, noise_sigma=1.0, face_scale=0.8,
+                        events=[PlantedEvent("lip_corner_pull", 2.4, 2.6, 2.85, 3.0)])
+    path = tmp_path_factory.mktemp("faces") / "two.mp4"
+    _write(path, (np.concatenate([a.image, b.image[:, ::-1]], axis=1) for a, b in zip(left, right, strict=True)))
+    return path
+
+
+def test_segments_land_on_the_right_face(two_faces: Path) -> None:
+    work = process_video(_job(two_faces), DEFAULTS)
+    assert work.faces == 2
+    by_face: dict[str, list[float]] = {}
+    for s in work.samples:
+        by_face.setdefault(s.face_id, []).append(s.apex_s)
+    assert any(abs(t - 1.0) <= 0.1 for t in by_face.get("face0", [])), by_face  # the larger (left) face
+    assert any(abs(t - 2.6) <= 0.1 for t in by_face.get("face1", [])), by_face
+    assert not any(abs(t - 2.6) <= 0.1 for t in by_face.get("face0", [])), by_face
+    assert not any(abs(t - 1.0) <= 0.1 for t in by_face.get("face1", [])), by_face
+
+
+def test_faces_largest_keeps_one_track(two_faces: Path) -> None:
+    work = process_video(_job(two_faces), DEFAULTS.replace(faces="largest"))
+    assert work.faces == 1
+    assert {s.face_id for s in work.samples} <= {"face0"}
+    assert any(abs(s.apex_s - 1.0) <= 0.1 for s in work.samples)
+
+
+def test_face_that_leaves_and_returns_keeps_its_id(tmp_path: Path) -> None:
+    frames = []
+    for f in iter_frames(fps=30, duration_s=6.0, size=(480, 400), seed=5, noise_sigma=1.0,
+                         events=[PlantedEvent("lip_corner_pull", 4.6, 4.8, 5.05, 3.0)]):
+        img = f.image
+        if 1.5 <= f.pts_s < 3.5:  # the person steps out of the shot for 2 s
+            img = np.full_like(img, 120)
+        frames.append(img)
+    path = tmp_path / "leave.mp4"
+    _write(path, frames)
+    work = process_video(_job(path), DEFAULTS)
+    assert work.faces == 1  # same id after the return, no face1
+    assert 0.6 * 4 * 30 < work.frames_with_face < 4 * 30 + 5  # ~4 s of the 6 s have a face
+    assert {s.face_id for s in work.samples} == {"face0"}
+    assert any(abs(s.apex_s - 4.8) <= 0.1 for s in work.samples), [s.apex_s for s in work.samples]
