@@ -21,6 +21,7 @@ from au_annotate import __version__
 from au_annotate.aus import AUDecoder
 from au_annotate.discover import DiscoverError, discover
 from au_annotate.engines import get_engine
+from au_annotate.face import parse_faces
 from au_annotate.manifest import Manifest, _now, output_key, segments_from_csv
 from au_annotate.pipeline import VideoFailure, VideoWork
 from au_annotate.progress import ProgressHook
@@ -125,6 +126,7 @@ def annotate(
     _check_writable(out)
     try:
         get_writers(settings.formats)
+        parse_faces(settings.faces)
         model = _load_model(settings)
         engine = get_engine(settings.engine, **_engine_options(settings))
     except (ValueError, OSError) as e:
