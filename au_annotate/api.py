@@ -139,7 +139,8 @@ def annotate(
                        settings=settings.as_dict(), au_tiers=settings.au_tiers, au_names=model.decoder.au_names)
     manifest = Manifest.load(out)
     manifest.save(started=_now(), finished=None, interrupted=False, inputs=[str(p) for p in paths],
-                  settings=settings.as_dict(), model={"name": model.name, "sha256": model.sha256})
+                  settings=settings.as_dict(), model={"name": model.name, "sha256": model.sha256},
+                  summary=None, elapsed_s=None)
     keys: dict[VideoJob, str | None] = {}
     results: dict[VideoJob, VideoResult] = {}
     todo: list[VideoJob] = []
@@ -178,6 +179,9 @@ def annotate(
     def finish(res: VideoResult) -> None:
         results[res.job] = res
         manifest.record(res, keys.get(res.job) if res.status in ("done", "no_face") else None)
+        warning = manifest.videos.get(res.job.rel.as_posix(), {}).get("warning")
+        if warning:
+            hook.message(warning)
         hook.end_video(res)
 
     def flush() -> None:
@@ -196,7 +200,10 @@ def annotate(
                                      elapsed_s=work.elapsed_s, signal=work.signal)))
         pending.clear()
 
+    last_flush = time.monotonic()
+
     def consume(outcome: VideoWork | VideoFailure) -> None:
+        nonlocal last_flush
         if isinstance(outcome, VideoFailure):
             if settings.verbose and outcome.detail:
                 log.error("%s", outcome.detail)
@@ -206,8 +213,11 @@ def annotate(
             finish(write(res) if outcome.status == "no_face" else res)
             return
         pending.append(outcome)
-        if sum(len(w.samples) for w in pending) >= settings.batch_size:
+        # a full batch, or 30 s since the last write: bounds what a killed run can lose (results do not depend on
+        # batch composition: infer.py runs fixed-shape batches)
+        if sum(len(w.samples) for w in pending) >= settings.batch_size or time.monotonic() - last_flush >= 30.0:
             flush()
+            last_flush = time.monotonic()
 
     # Outcomes may complete in any order (parallel workers); they are consumed in input order so that batches, and
     # therefore results, are identical whatever the number of workers.

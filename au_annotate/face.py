@@ -291,6 +291,10 @@ class FaceTracker:
                                    epoch=t.epoch))
         return out
 
+    def track_ids(self) -> set[str]:
+        """Ids of the faces tracked now or remembered for re-identification (bounded by max_faces and MAX_LOST)."""
+        return {t.face_id for t in self._tracks}
+
     def process(self, frame: Frame) -> AlignedFace | None:
         """The first tracked face of this frame (lowest id), or None: the single-face view of process_all."""
         faces = self.process_all(frame)

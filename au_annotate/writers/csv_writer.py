@@ -117,7 +117,7 @@ def write_combined_csv(results: Sequence[VideoResult], path: Path, ctx: WriteCon
     """Write the dataset-level `segments.csv` with the segments of every video, in the order given."""
     segments = [s for r in results for s in r.segments]
     df = segments_dataframe(segments, au_names=au_names_of(segments, ctx.au_names))
-    done = sum(1 for r in results if r.status == "done")
+    done = sum(1 for r in results if r.status in ("done", "skipped"))  # skipped = reused from an earlier run
     extra = [("videos", f"{len(results)} ({done} done)"), ("segments", str(len(segments)))]
     return write_segments_csv(path, df, _header_lines(ctx, extra))
 
