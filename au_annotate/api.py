@@ -22,7 +22,7 @@ from au_annotate.aus import AUDecoder
 from au_annotate.discover import DiscoverError, discover
 from au_annotate.engines import get_engine
 from au_annotate.face import parse_faces
-from au_annotate.manifest import Manifest, _now, output_key, segments_from_csv
+from au_annotate.manifest import Manifest, _now, output_key, segments_from_csv, sweep_temporaries
 from au_annotate.pipeline import VideoFailure, VideoWork
 from au_annotate.progress import ProgressHook
 from au_annotate.records import RunReport, Segment, VideoJob, VideoResult
@@ -138,6 +138,7 @@ def annotate(
     ctx = WriteContext(tool_version=__version__, model_name=model.name, model_sha256=model.sha256,
                        settings=settings.as_dict(), au_tiers=settings.au_tiers, au_names=model.decoder.au_names)
     manifest = Manifest.load(out)
+    sweep_temporaries(out)  # litter of a killed earlier run: never trusted, only removed
     manifest.save(started=_now(), finished=None, interrupted=False, inputs=[str(p) for p in paths],
                   settings=settings.as_dict(), model={"name": model.name, "sha256": model.sha256},
                   summary=None, elapsed_s=None)
@@ -209,7 +210,7 @@ def annotate(
                 log.error("%s", outcome.detail)
             hook.message(outcome.error)
             res = VideoResult(job=outcome.job, status=outcome.status, error=outcome.error,  # type: ignore[arg-type]
-                              elapsed_s=outcome.elapsed_s)
+                              elapsed_s=outcome.elapsed_s, frames=outcome.frames, info=outcome.info)
             finish(write(res) if outcome.status == "no_face" else res)
             return
         pending.append(outcome)

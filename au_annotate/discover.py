@@ -1,7 +1,7 @@
 """Find the videos to process: files and folders in, sorted VideoJobs out, with output folders mirroring the input layout.
 
 Two `interview.mp4` in different folders never collide, non-video files are counted, symlink loops are not followed
-twice, and no output path can escape the output folder.
+twice, broken links are reported rather than dropped, and no output path can escape the output folder.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def _walk(folder: Path, recursive: bool) -> Iterable[Path]:
                         stack.append(p)
                 elif entry.is_file(follow_symlinks=True):
                     yield p
+                elif entry.is_symlink() and not os.path.exists(entry.path):
+                    yield p  # a broken link is reported (as a failed video or a skipped file), never silently lost
             except OSError:
                 continue
 

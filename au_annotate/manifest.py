@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from au_annotate import __version__
-from au_annotate.fileio import atomic_open
+from au_annotate.fileio import TMP_PREFIX, atomic_open
 from au_annotate.records import Segment, VideoJob, VideoResult
 from au_annotate.settings import Settings
 
@@ -64,20 +64,27 @@ class Manifest:
         path = Path(out_dir) / MANIFEST_NAME
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") != FORMAT or not isinstance(data.get("videos"), dict):
+            if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("videos"), dict):
                 raise ValueError("not an au-annotate manifest")
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return cls(path=path)
-        return cls(path=path, videos=data["videos"], meta={k: v for k, v in data.items() if k != "videos"})
+        videos = {str(k): v for k, v in data["videos"].items() if isinstance(v, dict)}  # drop damaged entries
+        return cls(path=path, videos=videos, meta={k: v for k, v in data.items() if k != "videos"})
 
     def reusable(self, job: VideoJob, key: str) -> dict[str, Any] | None:
         """The entry of a finished video whose key matches and whose outputs all exist, else None."""
         entry = self.videos.get(job.rel.as_posix())
         if not entry or entry.get("key") != key or entry.get("status") not in ("done", "no_face"):
             return None
-        outputs = [self.path.parent / p for p in entry.get("outputs", [])]
-        if not outputs or not all(p.is_file() for p in outputs):
+        names = entry.get("outputs")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             return None
+        root = self.path.parent.resolve()
+        for name in names:
+            p = (root / name).resolve()
+            # only files inside the output folder count (a hand-edited entry cannot point elsewhere)
+            if Path(name).is_absolute() or ".." in Path(name).parts or not p.is_relative_to(root) or not p.is_file():
+                return None
         return entry
 
     def record(self, result: VideoResult, key: str | None) -> None:
@@ -89,12 +96,20 @@ class Manifest:
                 outputs.append(Path(p).resolve().relative_to(root.resolve()).as_posix())
             except ValueError:
                 outputs.append(str(p))
+        expected = result.info.n_frames if result.info is not None else None
+        warning = None
+        if expected and result.status in ("done", "no_face") and result.frames < expected - max(1, expected // 100):
+            warning = (f"{result.job.path}: decoding stopped after {result.frames} of {expected} frames "
+                       "(damaged or truncated file); the rest is not annotated")
         self.videos[result.job.rel.as_posix()] = {
             "path": str(result.job.path),
             "status": result.status,
             "reason": result.error,
+            "warning": warning,
             "frames": result.frames,
+            "frames_expected": expected,
             "frames_with_face": result.frames_with_face,
+            "faces": result.faces,
             "segments": len(result.segments),
             "micro": sum(1 for s in result.segments if s.kind == "micro"),
             "macro": sum(1 for s in result.segments if s.kind == "macro"),
@@ -115,6 +130,21 @@ class Manifest:
         with atomic_open(self.path, "w") as fh:
             json.dump(data, fh, indent=2, sort_keys=False, default=str)
             fh.write("\n")
+
+
+def sweep_temporaries(out_dir: str | os.PathLike[str]) -> int:
+    """Delete the temporary files a killed run left in the output tree (never trusted, only litter); returns how many.
+
+    Only names this tool makes (`.au-annotate-tmp-*`, `.au-annotate-probe-*`) are touched, symlinked folders are not
+    followed, and one run per output folder at a time is assumed."""
+    removed = 0
+    for folder, _dirs, files in os.walk(out_dir, followlinks=False):
+        for name in files:
+            if name.startswith((TMP_PREFIX, ".au-annotate-probe-")):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed
 
 
 def segments_from_csv(path: Path, video: str) -> tuple[Segment, ...]:

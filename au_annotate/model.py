@@ -11,6 +11,7 @@ a plain transcription), about three times faster on CPU. Parameters keep the see
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -25,7 +26,7 @@ class HTNetConfig:
     image_size: int = 28
     patch_size: int = 7
     dim: int = 64
-    heads: int = 4
+    heads: int = 4  # at the top level; each lower level doubles both dim and heads (the seed: 4 then 8, size 16)
     num_hierarchies: int = 2
     block_repeats: int = 2
     mlp_mult: int = 4
@@ -46,14 +47,11 @@ class HTNetConfig:
             raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
         fmap = self.image_size // self.patch_size
         blocks = 2 ** (self.num_hierarchies - 1)
-        if fmap % blocks:
+        if fmap % blocks:  # then every level's map (halved by each pooling) splits evenly, one block size throughout
             raise ValueError(
                 f"the {fmap}x{fmap} patch map cannot be cut into {blocks}x{blocks} blocks "
                 f"(num_hierarchies {self.num_hierarchies})"
             )
-        # every level must keep at least one token per block after the stride-2 poolings
-        if fmap // (2 ** (self.num_hierarchies - 1)) < 1:
-            raise ValueError(f"num_hierarchies {self.num_hierarchies} too deep for a {fmap}x{fmap} patch map")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
 
@@ -280,3 +278,33 @@ class HTNet(nn.Module):
         logits = self.mlp_head(x)
         assert logits.shape == (x.shape[0], cfg.num_classes)
         return logits
+
+
+class HTNetEnsemble(nn.Module):
+    """K HTNets of one configuration whose probabilities are averaged; forward returns the logit of that mean.
+
+    So a runner that applies the sigmoid once gets mean(sigmoid(logits_k)) exactly as an ensemble's probability,
+    computed stably in log space: log p = logsumexp(-softplus(-z_k)) - log K, log(1-p) = logsumexp(-softplus(z_k)) - log K.
+    """
+
+    def __init__(self, members: list[HTNet]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one HTNet")
+        configs = {m.config for m in members}
+        if len(configs) != 1:
+            raise ValueError("ensemble members must share one HTNet configuration")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    @classmethod
+    def from_config(cls, config: HTNetConfig, size: int) -> HTNetEnsemble:
+        """`size` fresh members of one configuration."""
+        return cls([HTNet.from_config(config) for _ in range(size)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = torch.stack([m(x) for m in self.members])  # (K, B, n)
+        log_k = math.log(len(self.members))
+        log_p = torch.logsumexp(-F.softplus(-z), dim=0) - log_k
+        log_q = torch.logsumexp(-F.softplus(z), dim=0) - log_k
+        return log_p - log_q

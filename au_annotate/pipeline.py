@@ -30,6 +30,11 @@ THUMB_SIZE = 96  # apex thumbnails kept per window for the HTML report (9 KB eac
 class NoFaceError(RuntimeError):
     """The video decoded, but no face was found in any frame."""
 
+    def __init__(self, message: str, frames: int = 0, info: VideoInfo | None = None) -> None:
+        super().__init__(message)
+        self.frames = frames
+        self.info = info
+
 
 @dataclass
 class VideoFailure:
@@ -40,6 +45,8 @@ class VideoFailure:
     error: str
     elapsed_s: float = 0.0
     detail: str = ""  # traceback text, shown with --verbose
+    frames: int = 0
+    info: VideoInfo | None = None
 
 
 @dataclass
@@ -216,7 +223,7 @@ def process_video(
 
         raise DecodeError(f"{job.path}: no decodable frames")
     if with_face == 0:
-        raise NoFaceError(f"{job.path}: no face found in {frames} frames")
+        raise NoFaceError(f"{job.path}: no face found in {frames} frames", frames, info)
     samples.sort(key=lambda s: (s.window.onset, s.window.apex, s.face_id))
     sig = np.frombuffer(signal, dtype=np.float32).reshape(-1, 2).copy() if len(signal) else np.zeros((0, 2), np.float32)
     return VideoWork(job=job, info=info, samples=samples, frames=frames, frames_with_face=with_face,
@@ -251,7 +258,7 @@ def run_video(
         work = process_video(job, settings, detector=_shared_detector(settings.min_face_size), on_start=on_start,
                              on_frames=on_frames)
     except NoFaceError as e:
-        return VideoFailure(job, "no_face", str(e), time.perf_counter() - t0)
+        return VideoFailure(job, "no_face", str(e), time.perf_counter() - t0, frames=e.frames, info=e.info)
     except DecodeError as e:
         return VideoFailure(job, "failed", str(e), time.perf_counter() - t0)
     except MemoryError:

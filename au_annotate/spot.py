@@ -3,24 +3,28 @@
 The default spotter, "roi-flow", follows the no-training optical-flow recipe (He et al., MEGC 2021; DESIGN.md
 "Spotting") adapted to a stream:
 
-1. Each aligned crop is downscaled (`flow_size`) and DIS optical flow (ultrafast) is computed against the crop k frames
-   back (k = `k_s` seconds, about half a micro-expression) and, for macro-expressions, K frames back (`macro_k_s`).
-2. Head motion is cancelled by fitting an affine motion to the flow over the face (two passes, the worst-fitting 30 %
-   of points dropped), and subtracting it.
-3. Regions of interest placed from the 5 landmarks (brows, upper eyelids, lower lids, cheeks, mouth corners, lips):
-   the mean of the strongest residual vectors (`top_fraction`) gives one motion vector per region and frame.
+1. Each aligned crop is downscaled (`flow_size`) and DIS optical flow (ultrafast preset, finest level
+   `dis_finest_scale`) is computed against the crop k frames back (k = `k_s` seconds, about half a micro-expression)
+   and, for macro-expressions, K frames back (`macro_k_s`). The micro signal is sampled at up to `micro_rate` frames
+   per second (every frame at 30 fps, every 2nd at 200 fps), the macro signal at about `macro_rate`.
+2. Head motion is cancelled by fitting an affine motion to the flow over the face (the worst-fitting 30 % of points,
+   i.e. moving facial parts and background, dropped and the fit repeated) and subtracting it.
+3. Regions of interest placed from the 5 landmarks (brows, upper eyelids, lower lids, cheeks, mouth corners, upper and
+   lower lip): the mean of the strongest residual vectors (`top_fraction`) gives one motion vector per region and frame.
 4. The vectors are smoothed in time (`smooth_s`). A facial movement that goes and comes back makes the k-back motion at
    the apex point one way and the motion k frames later point the other way, so the per-region score is
    sqrt(max(0, -v(c) . v(c + k))): large at the apex of a transient movement, near zero for noise (random directions),
    for slow drifts and for steps.
 5. Adaptive threshold: each region's score is divided by `p` times its robust noise level (median of the region's motion
-   magnitude over a sliding history of `history_s` seconds, floored by `min_motion_px`), the spotting signal is the
-   largest ratio over the regions, and a peak is a run above 1 (peaks closer than `min_gap_s` merge).
+   magnitude over a sliding history of `history_s` seconds, floored by `min_motion_px`); the spotting signal is the
+   largest ratio over the regions, and a peak is the maximum of a run above 1. Peaks closer than `min_gap_s`
+   (default 2 k) merge into the stronger one.
 6. Onset and offset: optical flow from the apex crop to crops before and after it; the displacement of the active regions
    grows as we move away from the apex and levels off where the movement begins/ends: onset/offset are where it reaches
-   `extent_fraction` of its plateau.
-7. Duration <= `max_micro_s` is a micro-expression, longer (up to `max_window_s`) a macro-expression. Eye-only
-   events whose motion at the apex points down (an upper lid closing) are blinks: labelled "blink" or dropped
+   `extent_fraction` of that first plateau.
+7. Duration <= `max_micro_s` is a micro-expression, longer (up to `max_window_s`) a macro-expression; each time scale
+   keeps only its own kind, and a macro window over an already reported micro one is dropped. Eye-area-only events whose
+   motion at the apex points down (an upper lid closing) are blinks: labelled "blink" (default), dropped, or kept
    (`blinks`).
 
 All durations are in seconds and converted with the video's frame rate; every buffer is a ring sized from seconds, so the
@@ -55,7 +59,8 @@ ROIS: tuple[tuple[str, int | str, tuple[float, float], tuple[float, float]], ...
     ("cheek_r", 1, (0.05, 0.45), (0.24, 0.15)),
     ("mouth_l", 3, (0.0, 0.0), (0.20, 0.18)),
     ("mouth_r", 4, (0.0, 0.0), (0.20, 0.18)),
-    ("lips", "mc", (0.0, 0.03), (0.26, 0.16)),
+    ("lip_upper", "mc", (0.0, -0.09), (0.24, 0.09)),  # upper and lower lip apart: they often move in opposite
+    ("lip_lower", "mc", (0.0, 0.13), (0.24, 0.10)),  # directions (lip press, lips part), which one mean would cancel
 )
 ROI_NAMES = tuple(r[0] for r in ROIS)
 EYE_ROIS = (ROI_NAMES.index("eye_l"), ROI_NAMES.index("eye_r"))
@@ -73,13 +78,13 @@ class SpotConfig:
     flow_size: int = 128  # crops are downscaled to this side for the spotting flow
     dis_preset: str = "ultrafast"  # DIS preset: ultrafast | fast | medium
     dis_finest_scale: int = 1  # DIS finest pyramid level (0 = full flow_size; the ultrafast preset's own is 2: too coarse)
-    k_s: float = 0.12  # frame-k-back distance for micro-expressions (about half a micro-expression)
-    macro_k_s: float = 0.5  # frame-K-back distance for macro-expressions (0 disables the macro detector)
+    k_s: float = 0.2  # frame-k-back distance for micro-expressions (about half a micro-expression)
+    macro_k_s: float = 0.8  # frame-K-back distance for macro-expressions (0 disables the macro detector)
     smooth_s: float = 0.04  # temporal smoothing of the region motion (centred moving average)
     micro_rate: float = 100.0  # the micro signal is computed on about this many frames per second (every frame below)
     macro_rate: float = 15.0  # same for the macro signal
     top_fraction: float = 0.3  # mean of this fraction of the strongest vectors per region
-    p: float = 5.0  # threshold: score > p * noise level of the region (micro detector)
+    p: float = 4.0  # threshold: score > p * noise level of the region (micro detector)
     macro_p: float = 6.0  # same for the macro detector
     min_motion_px: float = 0.1  # floor of the threshold, in pixels of a 224-px crop (noise-free video)
     history_s: float = 30.0  # sliding history for the noise level
@@ -185,7 +190,7 @@ class _History:
         return self._level
 
 
-@dataclass
+@dataclass(eq=False)
 class _Candidate:
     apex: int
     value: float
@@ -210,6 +215,7 @@ class _Detector:
         self.run: _Candidate | None = None
         self.candidates: list[_Candidate] = []
         self.last_apex = -(10**9)
+        self.decided = -1  # last frame whose signal went through the peak logic
 
     def add(self, index: int, vectors: np.ndarray | None) -> tuple[int, float] | None:
         """Store frame `index`'s motion; returns (frame, signal) for the frame whose score became computable."""
@@ -237,8 +243,8 @@ class _Detector:
             raw = np.sqrt(np.maximum(0.0, -np.sum(a * b, axis=1)))
             vec = a
         self.pending.append((c, raw, vec))
-        if self.history.count < self.warmup:
-            return None
+        if self.history.count < self.warmup and len(self.pending) < 2 * self.warmup:
+            return None  # wait for a noise estimate (bounded: without faces, decide on the floor alone)
         return self._decide_pending()
 
     def _decide_pending(self) -> tuple[int, float] | None:
@@ -267,6 +273,7 @@ class _Detector:
 
     def _step(self, c: int, value: float, scores: np.ndarray, vec: np.ndarray) -> None:
         c = c * self.stride  # back to frame indices
+        self.decided = c
         if value >= 1.0:
             if self.run is None or value > self.run.value:
                 self.run = _Candidate(c, value, scores, vec, self.radius, self.name) if self.run is None else \
@@ -290,8 +297,14 @@ class _Detector:
         self.candidates.append(cand)
 
     def ready(self, newest: int, final: bool) -> list[_Candidate]:
-        """Candidates whose apex has `radius` frames after it (all at the end), no longer open to merging."""
-        out = [c for c in self.candidates if final or newest >= c.apex + self.radius]
+        """Candidates that can no longer merge with a later peak (the signal is decided `gap` frames past them and no
+        open run could still peak within `gap`) and have `radius` frames after them for the offset (all at the end)."""
+
+        def settled(c: _Candidate) -> bool:
+            open_run = self.run is not None and self.run.apex - c.apex < self.gap
+            return self.decided >= c.apex + self.gap and not open_run and newest >= c.apex + self.radius
+
+        out = [c for c in self.candidates if final or settled(c)]
         self.candidates = [c for c in self.candidates if c not in out]
         if out:
             self.last_apex = max(self.last_apex, out[-1].apex)
@@ -341,11 +354,14 @@ class RoiFlowSpotter:
             self.detectors.append(_Detector(name, stride, k, half, p, cfg.min_motion_px, steps(cfg.history_s),
                                             steps(0.25), steps(cfg.warmup_s), det_gap, radius, 2 * k + 4 * half + 8))
             delay = max(delay, (k + half + 1) * stride)
-        self.crop_ring_size = 2 * longest + delay + warmup_frames + 4
-        self.crops = _Ring(self.crop_ring_size)  # (small crop, small landmarks, face_id) per frame
+        gap_max = max((d.gap for d in self.detectors), default=0)
+        # a window closes at most max(radius, gap + delay) frames after its apex (+ warm-up at the stream start), and
+        # its onset is at most `longest` frames before the apex
+        self.max_latency_frames = longest + max(longest, gap_max) + delay + 2 * warmup_frames + 2
+        self.crop_ring_size = self.max_latency_frames + 2
+        self.crops = _Ring(self.crop_ring_size)  # (small crop, small landmarks, (face_id, epoch)) per frame
         # latest frame fed minus onset of the latest window it can emit: radius before the apex, radius after it,
         # the detector delay, and the warm-up at the start of the stream
-        self.max_latency_frames = 2 * longest + delay + warmup_frames + 2
         self._dis = cv2.DISOpticalFlow.create(_DIS_PRESETS[cfg.dis_preset])
         self._dis.setFinestScale(int(cfg.dis_finest_scale))
         self._roi_cache: dict[bytes, _Geometry] = {}
@@ -427,13 +443,14 @@ class RoiFlowSpotter:
             crop = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
         small = cv2.resize(crop, (n, n), interpolation=cv2.INTER_AREA)
         lm = np.asarray(face.landmarks, np.float64) * (n / crop.shape[0])
-        self.crops.put(index, (small, lm, face.face_id))
+        track = (face.face_id, getattr(face, "epoch", 0))  # crops of one tracking epoch are pixel-aligned
+        self.crops.put(index, (small, lm, track))
         for det in self.detectors:
             if index % det.stride:
                 continue
             prev = self.crops.get(index - det.k * det.stride)
             vec = None
-            if prev is not None and prev[2] == face.face_id:
+            if prev is not None and prev[2] == track:
                 vec = self._region_motion(prev[0], small, lm)
             self._signal(det, det.add(index // det.stride, vec))
         return self._collect(final=False)
@@ -497,7 +514,7 @@ class RoiFlowSpotter:
                 kind = "blink"
         return Window(onset=onset, apex=cand.apex, offset=offset, score=round(float(cand.value), 4), kind=kind)
 
-    def _extent(self, cand: _Candidate, apex_crop: np.ndarray, lm: np.ndarray, fid: str, active: tuple[int, ...],
+    def _extent(self, cand: _Candidate, apex_crop: np.ndarray, lm: np.ndarray, fid: tuple[str, int], active: tuple[int, ...],
                 side: int) -> int | None:
         """Onset (side -1) or offset (+1): where the displacement from the apex levels off at its first plateau.
 

@@ -224,24 +224,27 @@ class _Renderer:
             patch = self.canvas[cheek[1] - 4 : cheek[1] + 5, cheek[0] - 4 : cheek[0] + 5]
             self.lid_colour = patch.reshape(-1, 3).mean(0).astype(np.float32) * 0.85
 
-    def _pattern(self, action: str) -> np.ndarray:
-        """Unit-amplitude displacement field (H, W, 2) float32 of an action, in frame-face coordinates."""
-        field = np.zeros((self.h, self.w, 2), np.float32)
+    def _pattern(self, action: str) -> tuple[np.ndarray, int, int]:
+        """Unit-amplitude displacement field of an action in frame-face coordinates, cropped to where it is non-zero:
+        (field (h, w, 2) float32, x0, y0)."""
         mc = (self.landmarks[3] + self.landmarks[4]) / 2
+        parts = []
         for anchor, (ox, oy), (sx, sy), (dx, dy) in _PATTERNS[action]:
             base = mc if anchor == "mc" else self.landmarks[anchor]
             cx, cy = base[0] + ox * self.iod, base[1] + oy * self.iod
-            sxp, syp = sx * self.iod, sy * self.iod
-            x0, x1 = int(max(0, cx - 4 * sxp)), int(min(self.w, cx + 4 * sxp + 1))
-            y0, y1 = int(max(0, cy - 4 * syp)), int(min(self.h, cy + 4 * syp + 1))
-            if x0 >= x1 or y0 >= y1:
-                continue
-            gx = np.exp(-0.5 * ((np.arange(x0, x1) - cx) / sxp) ** 2)
-            gy = np.exp(-0.5 * ((np.arange(y0, y1) - cy) / syp) ** 2)
+            parts.append((cx, cy, sx * self.iod, sy * self.iod, dx, dy))
+        x0 = int(max(0, min(cx - 4 * sx for cx, _, sx, _, _, _ in parts)))
+        x1 = int(min(self.w, max(cx + 4 * sx + 1 for cx, _, sx, _, _, _ in parts)))
+        y0 = int(max(0, min(cy - 4 * sy for _, cy, _, sy, _, _ in parts)))
+        y1 = int(min(self.h, max(cy + 4 * sy + 1 for _, cy, _, sy, _, _ in parts)))
+        field = np.zeros((max(1, y1 - y0), max(1, x1 - x0), 2), np.float32)
+        for cx, cy, sxp, syp, dx, dy in parts:
+            gx = np.exp(-0.5 * ((np.arange(x0, x0 + field.shape[1]) - cx) / sxp) ** 2)
+            gy = np.exp(-0.5 * ((np.arange(y0, y0 + field.shape[0]) - cy) / syp) ** 2)
             wgt = np.outer(gy, gx).astype(np.float32)
-            field[y0:y1, x0:x1, 0] += wgt * dx
-            field[y0:y1, x0:x1, 1] += wgt * dy
-        return field
+            field[..., 0] += wgt * dx
+            field[..., 1] += wgt * dy
+        return field, x0, y0
 
     def _eye_mask(self) -> np.ndarray:
         """Soft elliptical masks (H, W) over both eyes, where a closing lid covers the eye."""
@@ -267,53 +270,62 @@ class _Renderer:
         return (x + shift[0], y + shift[1], w, h), lm.astype(np.float32)
 
     def frame(self, index: int) -> SynthFrame:
-        """Render frame `index`: head transform, event warps, blink shading, lighting, noise."""
+        """Render frame `index`: head transform, event warps, blink shading, lighting, noise.
+
+        The whole frame is one affine warp of the canvas; where events are active, that region is re-rendered with
+        the same single resampling from the canvas, through the head transform and the event displacement."""
         t = index / self.fps
         shift, angle = self.head(t)
-        moving = abs(angle) > 1e-6 or abs(shift[0]) > 1e-6 or abs(shift[1]) > 1e-6
-        if moving:
-            # inverse head transform: frame pixel -> frame-face coordinates
-            inv = cv2.getRotationMatrix2D((float(self.centre[0] + shift[0]), float(self.centre[1] + shift[1])),
-                                          angle, 1.0)
-            inv[:, 2] -= shift
-            a00, a01, a02, a10, a11, a12 = (float(v) for v in inv.ravel())
-            fx = a00 * self.gx + a01 * self.gy + a02
-            fy = a10 * self.gx + a11 * self.gy + a12
-        else:
-            inv = None
-            fx, fy = self.gx, self.gy
-        disp = None
-        closure = 0.0
-        for e in self.events:
-            a = e.profile(t)
-            if a <= 0.0:
-                continue
-            term = self.patterns[e.action] * np.float32(a * e.amplitude_px)
-            disp = term if disp is None else disp + term
-            if e.action == "blink":
-                closure = max(closure, a)
-        mx, my = fx, fy
-        if disp is not None:
-            if inv is not None:
-                disp = cv2.warpAffine(disp, inv, (self.w, self.h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-            mx, my = fx - disp[..., 0], fy - disp[..., 1]
-        img = cv2.remap(self.canvas, mx + np.float32(self.offset[0]), my + np.float32(self.offset[1]),
-                        cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
-        needs_float = closure > 0 or self.lighting_drift > 0 or self.noise_sigma > 0
-        if needs_float:
+        # inverse head transform: frame pixel -> frame-face coordinates (identity at rest)
+        inv = cv2.getRotationMatrix2D((float(self.centre[0] + shift[0]), float(self.centre[1] + shift[1])), angle, 1.0)
+        inv[:, 2] -= shift
+        to_canvas = inv.copy()
+        to_canvas[:, 2] += self.offset
+        img = cv2.warpAffine(self.canvas, to_canvas, (self.w, self.h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REFLECT101)
+        active = [(e, a) for e in self.events if (a := e.profile(t)) > 0.0]
+        closure = max((a for e, a in active if e.action == "blink"), default=0.0)
+        region = None
+        if active:
+            fwd = cv2.invertAffineTransform(inv)  # face -> frame
+            corners = []
+            for e, _ in active:
+                f, x0, y0 = self.patterns[e.action]
+                for cx, cy in ((x0, y0), (x0 + f.shape[1], y0), (x0, y0 + f.shape[0]), (x0 + f.shape[1], y0 + f.shape[0])):
+                    corners.append(fwd @ np.array([cx, cy, 1.0]))
+            c = np.array(corners)
+            rx0, ry0 = (max(0, int(v) - 3) for v in c.min(0))
+            rx1, ry1 = int(min(self.w, c[:, 0].max() + 4)), int(min(self.h, c[:, 1].max() + 4))
+            if rx1 > rx0 and ry1 > ry0:
+                region = (slice(ry0, ry1), slice(rx0, rx1))
+                a00, a01, a02, a10, a11, a12 = (float(v) for v in inv.ravel())
+                gx, gy = self.gx[region], self.gy[region]
+                fx = a00 * gx + a01 * gy + a02
+                fy = a10 * gx + a11 * gy + a12
+                mx, my = fx.copy(), fy.copy()
+                for e, a in active:
+                    f, x0, y0 = self.patterns[e.action]
+                    d = cv2.remap(f, fx - np.float32(x0), fy - np.float32(y0), cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                    amp = np.float32(a * e.amplitude_px)
+                    mx -= amp * d[..., 0]
+                    my -= amp * d[..., 1]
+                img[region] = cv2.remap(self.canvas, mx + np.float32(self.offset[0]), my + np.float32(self.offset[1]),
+                                        cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+                if closure > 0:
+                    mask = cv2.remap(self.eye_mask, fx, fy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                     borderValue=0)
+                    m = (np.float32(0.9 * closure) * mask)[..., None]
+                    img[region] = cv2.convertScaleAbs(img[region].astype(np.float32) * (1 - m) + self.lid_colour * m)
+        if self.lighting_drift > 0 or self.noise_sigma > 0:
             out = img.astype(np.float32)
-            if closure > 0:
-                mask = self.eye_mask if inv is None else cv2.warpAffine(self.eye_mask, inv, (self.w, self.h),
-                                                                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-                m = (np.float32(0.9 * closure) * mask)[..., None]
-                out = out * (1 - m) + self.lid_colour * m
             if self.lighting_drift > 0:
                 gain = 1.0 + self.lighting_drift * _eval_path(self.light_g, t)
                 tilt = self.lighting_drift * _eval_path(self.light_x, t)
                 out *= np.float32(gain) + np.float32(tilt) * self.xramp
             if self.noise_sigma > 0:
                 cv2.setRNGSeed(int(self.noise_seed + index) % 2_147_483_647)  # per-frame seed: deterministic, fast
-                noise = np.empty_like(out)
+                noise = np.empty((self.h, self.w, 1), np.float32)  # luminance noise, shared by the channels
                 cv2.randn(noise, 0.0, self.noise_sigma)
                 out += noise
             img = cv2.convertScaleAbs(out)  # round + saturate to uint8

@@ -16,7 +16,7 @@ import re
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from au_annotate.fileio import atomic_path
-from au_annotate.model import HTNet, HTNetConfig
+from au_annotate.model import HTNet, HTNetConfig, HTNetEnsemble
 
 FORMAT = "au-annotate-htnet"
 FORMAT_VERSION = 1
@@ -91,7 +91,9 @@ REGISTRY: dict[str, WeightsEntry] = {
         name="seed",
         filename="best_htnet_model.pth",
         sha256="51fb9fc5c3a6adcb92b710b0dd87e98ef837c252564d8fac9e059d156f3815cf",
-        url="https://raw.githubusercontent.com/joelibaceta/htnet-microexp-au-multilabel/main/models/best_htnet_model.pth",
+        # pinned to the commit that holds the file (not a branch), so the checksum stays valid
+        url="https://raw.githubusercontent.com/joelibaceta/htnet-microexp-au-multilabel/"
+        "f55dec46cf89d4f345d6e8327154bc4947e33226/models/best_htnet_model.pth",
         au_order="seed25",
         description="the seed paper's published HTNet (plain state dict, 25 AUs in seed order; its metrics are invalid)",
     ),
@@ -102,7 +104,7 @@ REGISTRY: dict[str, WeightsEntry] = {
 class LoadedModel:
     """A checkpoint ready for inference: the model (eval mode, CPU) plus everything needed to read its outputs."""
 
-    model: HTNet
+    model: HTNet | HTNetEnsemble  # an ensemble's forward gives the logit of its members' mean probability
     config: HTNetConfig
     au_names: tuple[str, ...]
     thresholds: np.ndarray  # float32 (n_aus,), decision thresholds on probabilities
@@ -183,7 +185,7 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _strict_load(model: HTNet, state_dict: Mapping[str, Any], path: Path) -> None:
+def _strict_load(model: torch.nn.Module, state_dict: Mapping[str, Any], path: Path) -> None:
     """Load with strict=True; turn missing/unexpected/size-mismatch errors into one WeightsError line."""
     if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise WeightsError(f"{path}: state dict holds non-tensor values")
@@ -210,6 +212,11 @@ def _strict_load(model: HTNet, state_dict: Mapping[str, Any], path: Path) -> Non
         raise WeightsError(f"{path}: cannot load the state dict: {_first_line(exc)}") from exc
 
 
+def _build(config: HTNetConfig, ensemble_size: int) -> HTNet | HTNetEnsemble:
+    """A fresh model of the configuration: one HTNet, or an ensemble of `ensemble_size` members."""
+    return HTNet.from_config(config) if ensemble_size == 1 else HTNetEnsemble.from_config(config, ensemble_size)
+
+
 def _vector(values: Any, n: int, dtype: type, default: Any, what: str, path: Path) -> np.ndarray:
     """Per-AU vector from a checkpoint field (list/tensor/None) with its length checked."""
     if values is None:
@@ -230,7 +237,7 @@ def _vector(values: Any, n: int, dtype: type, default: Any, what: str, path: Pat
 
 def save_checkpoint(
     path: str | os.PathLike[str],
-    model: HTNet | Mapping[str, torch.Tensor],
+    model: HTNet | HTNetEnsemble | Mapping[str, torch.Tensor] | Sequence[HTNet],
     *,
     config: HTNetConfig,
     au_names: Iterable[str],
@@ -238,7 +245,10 @@ def save_checkpoint(
     reliable: Iterable[bool] | np.ndarray | None = None,
     meta: Mapping[str, Any] | None = None,
 ) -> str:
-    """Write a checkpoint in our format atomically; returns its sha256. Meta is merged over input/flow defaults."""
+    """Write a checkpoint in our format atomically; returns its sha256. Meta is merged over input/flow defaults.
+
+    `model` is one HTNet (or its state dict), or an ensemble: an HTNetEnsemble or a list of HTNets whose probabilities
+    are averaged at inference (stored as one state dict with `members.K.` prefixes and `ensemble_size`)."""
     path = Path(path)
     names = tuple(normalize_au_name(a) for a in au_names)
     n = config.num_classes
@@ -250,9 +260,18 @@ def save_checkpoint(
         raise ValueError(f"thresholds and reliable must have {n} entries, got {thr.shape} and {rel.shape}")
     if not np.all((thr >= 0) & (thr <= 1)):
         raise ValueError(f"thresholds must be probabilities in [0, 1], got {thr.tolist()}")
+    if isinstance(model, list | tuple):
+        model = HTNetEnsemble(list(model)) if len(model) > 1 else model[0]
     state = model.state_dict() if isinstance(model, torch.nn.Module) else dict(model)
+    if isinstance(model, HTNetEnsemble):
+        size = len(model.members)
+    else:  # an ensemble's state dict names its members "members.K."
+        members = {k.split(".")[1] for k in state if k.startswith("members.")}
+        size = max(1, len(members))
+    if size == 1 and any(k.startswith("members.0.") for k in state):  # a one-member ensemble is a plain HTNet
+        state = {k.removeprefix("members.0."): v for k, v in state.items()}
     # validate against the configuration before writing anything (a mismatched file must never be produced)
-    _strict_load(HTNet.from_config(config), state, path)
+    _strict_load(_build(config, size), state, path)
     from au_annotate import __version__
 
     full_meta: dict[str, Any] = {
@@ -274,6 +293,7 @@ def save_checkpoint(
         "thresholds": [float(t) for t in thr],
         "reliable": [bool(r) for r in rel],
         "meta": _plain(full_meta, "meta"),
+        "ensemble_size": size,
         "state_dict": {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()},
     }
     with atomic_path(path) as tmp:
@@ -356,6 +376,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, au_order: str | None = None
         state = obj["state_dict"]
         if not isinstance(state, dict):
             raise WeightsError(f"{path}: state_dict is not a dict")
+        size = obj.get("ensemble_size", 1)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise WeightsError(f"{path}: bad ensemble_size {size!r}")
     elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if order is None:
             raise WeightsError(
@@ -373,10 +396,11 @@ def load_checkpoint(path: str | os.PathLike[str], *, au_order: str | None = None
             "flow": dict(DEFAULT_FLOW_META),
         }
         state = obj
+        size = 1
     else:
         raise WeightsError(f"{path}: not an au-annotate checkpoint nor a plain HTNet state dict")
 
-    model = HTNet.from_config(config)
+    model = _build(config, size)
     _strict_load(model, state, path)
     model.eval()
     return LoadedModel(

@@ -1,4 +1,6 @@
-"""CLI commands for the AU model: `predict` (probabilities for flow pictures) and `weights list|fetch`."""
+"""CLI commands for the AU model: `predict` (probabilities for flow pictures) and `weights list|fetch`.
+
+Library imports happen inside the commands, so `au-annotate --help` does not pay for importing torch."""
 
 from __future__ import annotations
 
@@ -7,10 +9,6 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
-
-from au_annotate.infer import BatchRunner, InferenceError
-from au_annotate.weights import WeightsError, fetch, list_weights, load_weights
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -39,9 +37,13 @@ def predict(
     checkpoint's per-AU thresholds). A file that cannot be read is reported on stderr; the others are still predicted
     and the exit code is 1.
     """
+    import numpy as np
+
     from au_annotate.aus import AUDecoder
     from au_annotate.fileio import atomic_open
     from au_annotate.flow import load_flow_png
+    from au_annotate.infer import BatchRunner, InferenceError
+    from au_annotate.weights import WeightsError, load_weights
 
     try:
         loaded = load_weights(weights, au_order=au_order)
@@ -94,11 +96,13 @@ def weights() -> None:
     """Known model checkpoints: list them, fetch one (the only network access, only when asked)."""
 
 
-@weights.command("list")
+@weights.command("list", short_help="Known checkpoints: present locally? checksum ok? path.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="User cache to look in (default: $AU_ANNOTATE_CACHE or ~/.cache/au-annotate).")
 def weights_list(cache_dir: Path | None) -> None:
     """Registry checkpoints: name, local presence, checksum state, path, description."""
+    from au_annotate.weights import list_weights
+
     rows = list_weights(cache=cache_dir)
     table = [("name", "local", "sha256", "path", "description")]
     for row in rows:
@@ -114,12 +118,14 @@ def weights_list(cache_dir: Path | None) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
 
 
-@weights.command("fetch")
+@weights.command("fetch", short_help="Download a known checkpoint into the user cache, sha256-verified.")
 @click.argument("name")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to store it (default: $AU_ANNOTATE_CACHE or ~/.cache/au-annotate).")
 def weights_fetch(name: str, cache_dir: Path | None) -> None:
     """Download a registry checkpoint (e.g. `seed`) into the user cache, verifying its sha256."""
+    from au_annotate.weights import WeightsError, fetch
+
     try:
         path = fetch(name, cache_dir=cache_dir)
     except WeightsError as exc:

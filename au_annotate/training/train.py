@@ -355,3 +355,53 @@ def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
         return replace(cfg, model=model, **top)
     except TypeError as exc:
         raise TrainConfigError(f"invalid training options: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------------------ checkpoints
+
+
+def train_checkpoint(
+    dataset: Any, cfg: TrainConfig, out_path: str | Path, *, eval_report: Mapping[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[str, FittedHTNet, list[bool]]:
+    """Train on every sample of `dataset` (an AUDataset), choose thresholds by inner CV, write a checkpoint.
+
+    eval_report: the metrics.json of an evaluation run with the SAME recipe and data; it supplies the reliable mask
+    (frequent AUs that beat both baselines) and the metrics stored in the checkpoint. Without it, reliable = AUs with at
+    least 10 positives and the checkpoint says that no cross-validated metrics back it. Returns (sha256, fit, reliable).
+    """
+    from au_annotate.training.evaluate import FREQUENT
+    from au_annotate.weights import save_checkpoint
+
+    if cfg.ensemble != 1:
+        raise TrainConfigError("train writes one model per checkpoint: use ensemble = 1 (ensembles are for evaluate)")
+    if eval_report is not None:
+        if dict(eval_report.get("recipe", {})) != cfg.to_dict():
+            raise TrainConfigError("the evaluation report was made with another recipe; re-run evaluate with this one")
+        if eval_report.get("data", {}).get("files_sha256") != dataset.identity.get("files_sha256"):
+            raise TrainConfigError("the evaluation report was made on other data (files_sha256 differs)")
+        if list(eval_report.get("au_names", [])) != list(dataset.au_names):
+            raise TrainConfigError("the evaluation report has another AU label space")
+        reliable = [au in set(eval_report.get("reliable", [])) for au in dataset.au_names]
+    else:
+        reliable = [bool(s >= FREQUENT) for s in dataset.labels.sum(0)]
+    fit = fit_htnet(dataset.images, dataset.labels, dataset.subjects, cfg, progress)
+    model = fit.models[0]
+    positives = {au: int(s) for au, s in zip(dataset.au_names, dataset.labels.sum(0), strict=True)}
+    meta = {
+        "training": {
+            "data": dict(dataset.identity),
+            "missing_images": list(dataset.missing),
+            "positives": positives,
+            "label_rule": "AU present at any intensity/side, ref(..) counts, 'X or Y' counts every option (facs rule 'all')",
+            "recipe": cfg.to_dict(),
+            "thresholds": "per-AU best F1 on inner group-k-fold out-of-fold probabilities over the training subjects",
+            "reliable_rule": f"support >= {FREQUENT} and cross-validated F1 >= 2x all-positive and > logistic regression",
+        },
+        "metrics": dict(eval_report) if eval_report is not None else None,
+    }
+    sha = save_checkpoint(
+        out_path, model, config=model.config, au_names=dataset.au_names, thresholds=fit.thresholds, reliable=reliable,
+        meta=meta,
+    )
+    return sha, fit, reliable
