@@ -58,18 +58,20 @@ class _Model:
     rules: object
     name: str
     sha256: str
+    input_layout: str
 
 
 def _load_model(settings: Settings) -> _Model:
     from au_annotate.infer import BatchRunner
     from au_annotate.rules import RuleSet
-    from au_annotate.weights import load_checkpoint, resolve_weights
+    from au_annotate.weights import load_weights
 
-    loaded = load_checkpoint(resolve_weights(settings.weights), au_order=settings.au_order)
+    loaded = load_weights(settings.weights, au_order=settings.au_order)  # registry order + pinned checksum
     runner = BatchRunner(loaded, device=settings.device, batch_size=settings.batch_size)
     decoder = AUDecoder.from_model(loaded.au_names, loaded.thresholds, loaded.reliable, all_aus=settings.all_aus)
     rules = RuleSet.load(settings.rules)
-    return _Model(runner=runner, decoder=decoder, rules=rules, name=loaded.name, sha256=loaded.sha256)
+    return _Model(runner=runner, decoder=decoder, rules=rules, name=loaded.name, sha256=loaded.sha256,
+                  input_layout=loaded.input_layout)
 
 
 def _segments(work: VideoWork, probs: np.ndarray, model: _Model) -> tuple[Segment, ...]:
@@ -128,6 +130,11 @@ def annotate(
         get_writers(settings.formats)
         parse_faces(settings.faces)
         model = _load_model(settings)
+        if settings.input_layout == "auto":
+            settings = settings.replace(input_layout=model.input_layout)  # the picture layout the model was trained on
+        elif settings.input_layout != model.input_layout:
+            raise AnnotateError(f"{model.name}: the model was trained on '{model.input_layout}' flow pictures, not "
+                                f"'{settings.input_layout}': use --input-layout {model.input_layout} or other weights")
         engine = get_engine(settings.engine, **_engine_options(settings))
     except (ValueError, OSError) as e:
         raise AnnotateError(str(e)) from None

@@ -86,10 +86,14 @@ class BatchRunner:
             with torch.inference_mode():
                 pending: list[tuple[int, torch.Tensor]] = []
                 for start in range(0, n, bs):
-                    x = torch.from_numpy(images_to_input(pictures[start : start + bs]))
+                    chunk = images_to_input(pictures[start : start + bs])
+                    m = len(chunk)
+                    if m < bs:  # fixed batch shape: a window's result never depends on which windows share its batch
+                        chunk = np.concatenate([chunk, np.zeros((bs - m, *chunk.shape[1:]), chunk.dtype)])
+                    x = torch.from_numpy(chunk)
                     if cuda:
                         x = x.pin_memory().to(self.device, non_blocking=True)
-                    probs = torch.sigmoid(self.model(x).float())  # the one and only sigmoid
+                    probs = torch.sigmoid(self.model(x).float())[:m]  # the one and only sigmoid
                     if cuda:
                         host = torch.empty(probs.shape, dtype=torch.float32, pin_memory=True)
                         host.copy_(probs, non_blocking=True)

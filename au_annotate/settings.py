@@ -36,7 +36,7 @@ class Settings:
     spotter: str = "roi-flow"
     spot: dict[str, Any] = field(default_factory=dict)  # overrides of au_annotate.spot.SpotConfig fields
     # flow / model
-    input_layout: str = "face"  # face (seed: whole aligned face) | mosaic (official HTNet: 4 landmark patches)
+    input_layout: str = "auto"  # auto (the checkpoint's) | face (seed: whole face) | mosaic (official HTNet: 4 patches)
     weights: str | None = None  # None = the shipped default checkpoint; else a registry name or a path
     au_order: str | None = None  # None = the checkpoint's own; "seed25" for the seed's plain state dict
     all_aus: bool = False  # report every AU, not only those the model card marks reliable

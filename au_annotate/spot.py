@@ -65,6 +65,7 @@ ROIS: tuple[tuple[str, int | str, tuple[float, float], tuple[float, float]], ...
 ROI_NAMES = tuple(r[0] for r in ROIS)
 EYE_ROIS = (ROI_NAMES.index("eye_l"), ROI_NAMES.index("eye_r"))
 EYE_AREA_ROIS = EYE_ROIS + (ROI_NAMES.index("lid_l"), ROI_NAMES.index("lid_r"))
+DIP_RATIO = 0.75  # two peaks of one run are separate when the signal between them falls below this share of the first
 
 
 class SpotError(ValueError):
@@ -198,6 +199,7 @@ class _Candidate:
     vectors: np.ndarray  # (R, 2) smoothed k-back motion at the apex
     radius: int  # frames searched each side of the apex for onset/offset
     detector: str  # micro | macro
+    blink: bool = False  # eye-only downward movement (set when the peak closes)
 
 
 class _Detector:
@@ -213,9 +215,10 @@ class _Detector:
         self.history = _History(hist, len(ROIS), refresh)
         self.pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # (c, raw scores, smoothed vectors) awaiting warmup
         self.run: _Candidate | None = None
-        self.candidates: list[_Candidate] = []
-        self.last_apex = -(10**9)
+        self.candidates: list[_Candidate] = []  # closed peaks waiting to be settled, in apex order
+        self.recent: list[_Candidate] = []  # decided peaks of the last 2 x `gap` frames (suppression context)
         self.decided = -1  # last frame whose signal went through the peak logic
+        self._dip = math.inf  # lowest signal since the current peak
 
     def add(self, index: int, vectors: np.ndarray | None) -> tuple[int, float] | None:
         """Store frame `index`'s motion; returns (frame, signal) for the frame whose score became computable."""
@@ -272,42 +275,59 @@ class _Detector:
         return signals
 
     def _step(self, c: int, value: float, scores: np.ndarray, vec: np.ndarray) -> None:
+        """Peak picking with hysteresis: a run above 1 can hold several peaks when the signal dips by a quarter
+        between them (a movement right next to a blink is not swallowed by it)."""
         c = c * self.stride  # back to frame indices
         self.decided = c
-        if value >= 1.0:
-            if self.run is None or value > self.run.value:
-                self.run = _Candidate(c, value, scores, vec, self.radius, self.name) if self.run is None else \
-                    dataclasses.replace(self.run, apex=c, value=value, scores=scores, vectors=vec)
-            if c - self.run.apex > self.radius:
+        if value < 1.0:
+            if self.run is not None:
                 self._close_run()
-        elif self.run is not None:
+            return
+        run = self.run
+        if run is not None and self._dip < DIP_RATIO * run.value and value > self._dip / DIP_RATIO:
+            self._close_run()  # rose again after a clear dip: a new peak
+            run = None
+        if run is None:
+            self.run = _Candidate(c, value, scores, vec, self.radius, self.name)
+            self._dip = math.inf
+        elif value > run.value and self._dip >= DIP_RATIO * run.value:
+            self.run = dataclasses.replace(run, apex=c, value=value, scores=scores, vectors=vec)
+            self._dip = math.inf
+        else:
+            self._dip = min(self._dip, value)
+        if self.run is not None and c - self.run.apex > self.radius:
             self._close_run()
 
     def _close_run(self) -> None:
         cand = self.run
         self.run = None
-        if cand is None:
-            return
-        if self.candidates and cand.apex - self.candidates[-1].apex < self.gap:
-            if cand.value > self.candidates[-1].value:
-                self.candidates[-1] = cand
-            return
-        if cand.apex - self.last_apex < self.gap:
-            return
-        self.candidates.append(cand)
+        if cand is not None:
+            cand.blink = _is_blink(cand)
+            self.candidates.append(cand)
 
     def ready(self, newest: int, final: bool) -> list[_Candidate]:
-        """Candidates that can no longer merge with a later peak (the signal is decided `gap` frames past them and no
-        open run could still peak within `gap`) and have `radius` frames after them for the offset (all at the end)."""
+        """Peaks kept by greedy non-maximum suppression (strongest first; a kept peak removes weaker ones within `gap`
+        frames, a removed one removes nothing, so a side lobe of a blink cannot hide a movement next to it).
+
+        A peak is decided once the signal is known 2 x `gap` frames past it with no open run that could still peak
+        within that horizon, and `radius` frames after it are at hand for the offset (everything at the end)."""
+        horizon = 2 * self.gap
 
         def settled(c: _Candidate) -> bool:
-            open_run = self.run is not None and self.run.apex - c.apex < self.gap
-            return self.decided >= c.apex + self.gap and not open_run and newest >= c.apex + self.radius
+            open_run = self.run is not None and self.run.apex - c.apex < horizon
+            return self.decided >= c.apex + horizon and not open_run and newest >= c.apex + self.radius
 
-        out = [c for c in self.candidates if final or settled(c)]
-        self.candidates = [c for c in self.candidates if c not in out]
-        if out:
-            self.last_apex = max(self.last_apex, out[-1].apex)
+        out = []
+        while self.candidates and (final or settled(self.candidates[0])):
+            c = self.candidates.pop(0)
+            kept: list[_Candidate] = []
+            for o in sorted(self.recent + [c] + self.candidates, key=lambda o: -o.value):
+                if all(abs(o.apex - k.apex) >= self.gap for k in kept):
+                    kept.append(o)
+            if any(k is c for k in kept):
+                out.append(c)
+            self.recent.append(c)
+            self.recent = [o for o in self.recent if o.apex > c.apex - horizon]
         return out
 
 
@@ -357,7 +377,7 @@ class RoiFlowSpotter:
         gap_max = max((d.gap for d in self.detectors), default=0)
         # a window closes at most max(radius, gap + delay) frames after its apex (+ warm-up at the stream start), and
         # its onset is at most `longest` frames before the apex
-        self.max_latency_frames = longest + max(longest, gap_max) + delay + 2 * warmup_frames + 2
+        self.max_latency_frames = longest + max(longest, 2 * gap_max) + delay + 2 * warmup_frames + 2
         self.crop_ring_size = self.max_latency_frames + 2
         self.crops = _Ring(self.crop_ring_size)  # (small crop, small landmarks, (face_id, epoch)) per frame
         # latest frame fed minus onset of the latest window it can emit: radius before the apex, radius after it,
@@ -507,7 +527,7 @@ class RoiFlowSpotter:
         if duration > self.max_window:
             return None
         kind = "micro" if duration <= self.max_micro else "macro"
-        if kind == "micro" and self._is_blink(cand):
+        if kind == "micro" and cand.blink:
             if self.config.blinks == "drop":
                 return None
             if self.config.blinks == "label":
@@ -556,18 +576,17 @@ class RoiFlowSpotter:
             j_hit = int(round(offsets[hit - 1] + t * (offsets[hit] - offsets[hit - 1])))
         return cand.apex + side * max(1, j_hit)
 
-    @staticmethod
-    def _is_blink(cand: _Candidate) -> bool:
-        """Eye-area-only movement whose apex motion points down: an upper lid closing."""
-        s = cand.scores
-        best = int(np.argmax(s))
-        if best not in EYE_AREA_ROIS:
-            return False
-        others = [r for r in range(len(s)) if r not in EYE_AREA_ROIS and ROI_NAMES[r] not in ("brow_l", "brow_r")]
-        if s[others].max() > 0.6 * s[best]:
-            return False
-        v = cand.vectors[list(EYE_ROIS)].mean(0)
-        return bool(v[1] > 0 and v[1] > abs(v[0]))
+def _is_blink(cand: _Candidate) -> bool:
+    """Eye-area-only movement whose apex motion points down: an upper lid closing."""
+    s = cand.scores
+    best = int(np.argmax(s))
+    if best not in EYE_AREA_ROIS:
+        return False
+    others = [r for r in range(len(s)) if r not in EYE_AREA_ROIS and ROI_NAMES[r] not in ("brow_l", "brow_r")]
+    if s[others].max() > 0.6 * s[best]:
+        return False
+    v = cand.vectors[list(EYE_ROIS)].mean(0)
+    return bool(v[1] > 0 and v[1] > abs(v[0]))
 
 
 def _iou(a: Window, b: Window) -> float:

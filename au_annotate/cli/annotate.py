@@ -34,8 +34,9 @@ def _formats(value: str | None) -> tuple[str, ...] | None:
 @click.option("--device", help="auto, cpu, cuda or cuda:N. [auto]")
 @click.option("--batch-size", type=click.IntRange(1), help="Windows per model batch. [256]")
 @click.option("--decoder", type=click.Choice(["auto", "decord", "opencv"]), help="Video decoding backend. [auto]")
-@click.option("--input-layout", type=click.Choice(["face", "mosaic"]),
-              help="Model input: whole-face flow (seed) or the official HTNet 4-patch mosaic. [face]")
+@click.option("--input-layout", type=click.Choice(["auto", "face", "mosaic"]),
+              help="Model input: whole-face flow (seed) or the official HTNet 4-patch mosaic; auto = what the "
+                   "checkpoint was trained on. [auto]")
 @click.option("--faces", help="Which faces to annotate: all, largest, or N (the N largest). [all]")
 @click.option("-j", "--jobs", type=click.IntRange(0), help="Worker processes for videos; 0 = auto (cores / 2). [0]")
 @click.option("--engine", type=click.Choice(["local", "ray"]), help="Where per-video work runs. [local]")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,18 @@ def _progress(console: Console) -> Progress:
     )
 
 
+def _updater(console: Console, prog: Progress, task: Any, what: str, every: int = 1) -> Callable[[int, int], None]:
+    """Progress callback: the rich bar on a terminal, plus a plain line every `every` steps in logs."""
+    start = time.perf_counter()
+
+    def update(done: int, total: int) -> None:
+        prog.update(task, completed=done, total=total)
+        if not console.is_terminal and (done % every == 0 or done == total):
+            console.print(f"{what} {done}/{total} ({time.perf_counter() - start:.0f} s)", highlight=False)
+
+    return update
+
+
 def _f(v: float) -> str:
     return "-" if isinstance(v, float) and math.isnan(v) else f"{v:.2f}"
 
@@ -140,7 +153,7 @@ def evaluate_cmd(data: Path, protocol: str, folds: int, output: Path | None, job
         with _progress(console) as prog:
             task = prog.add_task(f"{protocol} folds", total=None)
             report = evaluate(ds, cfg, protocol, folds, jobs,
-                              progress=lambda d, t: prog.update(task, completed=d, total=t))
+                              progress=_updater(console, prog, task, "folds done"))
     except EvaluationError as exc:
         raise click.UsageError(str(exc)) from exc
     console.print(_table(report))
@@ -180,7 +193,7 @@ def train_cmd(data: Path, output: Path, eval_report: Path | None, config_path: P
         with _progress(console) as prog:
             task = prog.add_task("epochs (inner folds + final)", total=None)
             sha, fit, reliable = train_checkpoint(
-                ds, cfg, output, eval_report=report, progress=lambda d, t: prog.update(task, completed=d, total=t)
+                ds, cfg, output, eval_report=report, progress=_updater(console, prog, task, "epochs", every=50)
             )
     except (TrainConfigError, DatasetError) as exc:
         raise click.ClickException(str(exc)) from exc

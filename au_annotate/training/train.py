@@ -153,18 +153,19 @@ def _shift(x: torch.Tensor, dx: np.ndarray, dy: np.ndarray, t: int) -> torch.Ten
 
 @contextlib.contextmanager
 def _deterministic(seed: int) -> Iterator[None]:
-    """Seed torch, force one thread and deterministic kernels for the block, restoring the caller's state after."""
+    """Seed torch and train on one thread for the block, restoring the caller's RNG state and thread count after.
+
+    One thread makes the float reductions independent of the machine's core count; the CPU kernels HTNet uses are
+    deterministic (``torch.use_deterministic_algorithms`` is not called: it imports torch._inductor, ~10 s)."""
     threads = torch.get_num_threads()
-    det = torch.are_deterministic_algorithms_enabled()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.set_num_threads(1)
-        torch.use_deterministic_algorithms(True)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
-            torch.use_deterministic_algorithms(det)
+    rng_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng_state)
 
 
 def _pos_weight(labels: np.ndarray, cfg: TrainConfig) -> torch.Tensor | None:

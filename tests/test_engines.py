@@ -1,0 +1,186 @@
+"""Engines: parallel workers and Ray give the same outputs as one process; failures stay per video; progress adds up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from au_annotate.api import annotate
+from au_annotate.discover import discover
+from au_annotate.pipeline import VideoFailure, VideoWork, run_video
+from au_annotate.progress import ProgressHook
+from au_annotate.settings import DEFAULTS, Settings
+
+
+class CountingHook(ProgressHook):
+    """Records what the engine reports, to check the progress bar's numbers."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.frames: dict[str, int] = {}
+        self.ended: list[str] = []
+
+    def start_video(self, job, info) -> None:  # noqa: ANN001
+        self.started.append(job.rel.as_posix())
+
+    def advance(self, job, frames: int) -> None:  # noqa: ANN001
+        assert frames > 0
+        key = job.rel.as_posix()
+        self.frames[key] = self.frames.get(key, 0) + frames
+
+    def end_video(self, result) -> None:  # noqa: ANN001
+        self.ended.append(result.job.rel.as_posix())
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seed-config checkpoint with fixed random weights (outputs need a model, not a trained one)."""
+    import torch
+
+    from au_annotate.model import HTNet, HTNetConfig
+    from au_annotate.weights import SEED25_AU_ORDER, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "random.pt"
+    save_checkpoint(path, HTNet(), config=HTNetConfig(), au_names=SEED25_AU_ORDER)
+    return path
+
+
+def _settings(weights: Path, **changes: object) -> Settings:
+    return DEFAULTS.replace(weights=str(weights), formats=("csv",), **changes)
+
+
+def _csv_contents(out: Path) -> dict[str, list[str]]:
+    """Every CSV under `out` by relative path, without the `#` metadata lines (they carry timestamps and settings)."""
+    return {p.relative_to(out).as_posix(): [ln for ln in p.read_text(encoding="utf-8").splitlines()
+                                             if not ln.startswith("#")]
+            for p in sorted(out.rglob("*.csv"))}
+
+
+@pytest.fixture(scope="module")
+def one_process(planted_clips, weights, tmp_path_factory):
+    """The reference run: --engine local --jobs 1."""
+    root, _ = planted_clips
+    out = tmp_path_factory.mktemp("jobs1")
+    hook = CountingHook()
+    report = annotate([root], out, _settings(weights, jobs=1), progress=hook)
+    return out, report, hook
+
+
+def test_jobs2_output_equals_jobs1(planted_clips, weights, one_process, tmp_path: Path) -> None:
+    root, clips = planted_clips
+    ref_out, ref_report, _ = one_process
+    hook = CountingHook()
+    report = annotate([root], tmp_path, _settings(weights, jobs=2), progress=hook)
+    ref = _csv_contents(ref_out)
+    assert set(ref) == {"clip_a.segments.csv", "sub/clip_b.segments.csv", "segments.csv"}
+    assert sum(len(rows) - 1 for name, rows in ref.items() if name != "segments.csv") >= len(clips)  # real segments
+    assert _csv_contents(tmp_path) == ref
+    assert [(r.job.rel, r.status, r.frames) for r in report.results] == \
+        [(r.job.rel, r.status, r.frames) for r in ref_report.results]
+    # progress with parallel workers: every frame counted once, every video started and ended once
+    done = {r.job.rel.as_posix(): r.frames for r in report.results if r.status == "done"}
+    assert hook.frames == done
+    assert sorted(hook.started) == sorted(done)
+    assert sorted(hook.ended) == sorted(r.job.rel.as_posix() for r in report.results)
+
+
+# -- Ray ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance with 2 CPUs and no dashboard, shut down after this module."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def _jobs(root: Path, out: Path):
+    return list(discover([root], out, recursive=True).jobs)
+
+
+def test_ray_output_equals_local(planted_clips, weights, one_process, local_ray, tmp_path: Path) -> None:
+    root, _ = planted_clips
+    ref_out, ref_report, _ = one_process
+    hook = CountingHook()
+    report = annotate([root], tmp_path, _settings(weights, engine="ray"), progress=hook)
+    assert local_ray.is_initialized()  # the engine reused the running instance and left it running
+    assert _csv_contents(tmp_path) == _csv_contents(ref_out)
+    assert [(r.job.rel, r.status) for r in report.results] == [(r.job.rel, r.status) for r in ref_report.results]
+    broken = [r for r in report.results if r.job.path.name == "broken.mp4"]
+    assert broken and broken[0].status == "failed" and "broken.mp4" in (broken[0].error or "")
+    done = {r.job.rel.as_posix(): r.frames for r in report.results if r.status == "done"}
+    assert hook.frames == done and sorted(hook.started) == sorted(done)
+    # same manifest: a second run with the local engine reuses everything the Ray run wrote
+    again = annotate([root], tmp_path, _settings(weights, jobs=1))
+    assert {r.status for r in again.results if r.job.path.name != "broken.mp4"} == {"skipped"}
+
+
+def test_ray_task_that_raises_fails_only_its_video(planted_clips, weights, local_ray, tmp_path: Path) -> None:
+    from au_annotate.engines.ray_engine import RayEngine
+
+    root, _ = planted_clips
+
+    def flaky(job, settings, **callbacks):  # noqa: ANN001, ANN202 - runs in a Ray worker (pickled by value)
+        if job.path.name == "clip_a.mp4":
+            raise RuntimeError("planted failure")
+        return run_video(job, settings, **callbacks)
+
+    jobs = [j for j in _jobs(root, tmp_path) if j.path.name != "broken.mp4"]
+    outcomes = dict(RayEngine(video_fn=flaky).run(jobs, _settings(weights), CountingHook()))
+    assert set(outcomes) == set(jobs)
+    for job, outcome in outcomes.items():
+        if job.path.name == "clip_a.mp4":
+            assert isinstance(outcome, VideoFailure) and outcome.status == "failed"
+            assert "planted failure" in outcome.error and "clip_a.mp4" in outcome.error
+            assert "\n" not in outcome.error
+        else:
+            assert isinstance(outcome, VideoWork) and outcome.samples and outcome.job is job
+
+
+def test_ray_worker_killed_mid_task_is_retried(planted_clips, weights, local_ray, tmp_path: Path) -> None:
+    from au_annotate.engines.ray_engine import RayEngine
+
+    root, _ = planted_clips
+    marker = tmp_path / "killed-once"
+
+    def dies_once(job, settings, on_start=None, on_frames=None):  # noqa: ANN001, ANN202 - runs in a Ray worker
+        seen = 0
+
+        def frames(n: int) -> None:
+            nonlocal seen
+            seen += n
+            if on_frames:
+                on_frames(n)
+            if seen >= 100 and not marker.exists():  # mid-task: after frames were processed and reported
+                marker.write_text(str(os.getpid()))
+                os._exit(1)
+
+        return run_video(job, settings, on_start=on_start, on_frames=frames)
+
+    jobs = [j for j in _jobs(root, tmp_path) if j.path.name == "clip_a.mp4"]
+    hook = CountingHook()
+    outcomes = list(RayEngine(video_fn=dies_once).run(jobs, _settings(weights), hook))
+    assert marker.exists()  # the first attempt really died
+    [(job, outcome)] = outcomes
+    assert isinstance(outcome, VideoWork) and outcome.samples
+    assert hook.frames == {"clip_a.mp4": outcome.frames}  # frames of the lost attempt are not counted twice
+    # without retries the same death is a failed video with a one-line reason, not a crashed run
+    marker.unlink()
+    [(job, outcome)] = list(RayEngine(video_fn=dies_once, max_retries=0).run(jobs, _settings(weights), hook))
+    assert isinstance(outcome, VideoFailure) and "Ray task failed" in outcome.error and "\n" not in outcome.error
+
+
+def test_ray_missing_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from au_annotate.engines import EngineError, get_engine
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    monkeypatch.delitem(sys.modules, "au_annotate.engines.ray_engine", raising=False)
+    with pytest.raises(EngineError, match=r"pip install 'au-annotate\[ray\]'"):
+        get_engine("ray", address=None, jobs=0)

@@ -1,0 +1,164 @@
+"""Memory stays bounded on long streams: the crop ring buffer, the decode prefetch queue and the spotter's state.
+
+Each test feeds a long synthetic stream (thousands of frames or crops, no video file) and checks the structure never
+holds more than its bound, so memory does not grow with video length (the benchmark measures the real process RSS).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+
+from au_annotate.decode import prefetch
+from au_annotate.pipeline import CropBuffer
+from au_annotate.records import AlignedFace, Frame
+
+
+def _face(index: int, epoch: int = 0, side: int = 8) -> AlignedFace:
+    return AlignedFace(index=index, pts_s=index / 30, face_id="face0", crop=np.zeros((side, side), np.uint8),
+                       landmarks=np.zeros((5, 2), np.float32), box=(0.0, 0.0, 1.0, 1.0), match=1.0, epoch=epoch)
+
+
+def test_crop_buffer_never_exceeds_capacity_over_20k_crops() -> None:
+    buf = CropBuffer(50)
+    longest = 0
+    for i in range(20_000):
+        buf.add(_face(i, epoch=i // 5000))
+        longest = max(longest, len(buf))
+        if i % 997 == 0 and i >= 60:
+            pair = buf.pair(i - 30, i - 10)  # a window inside the buffer: both crops still at hand
+            assert pair is not None and pair[0].index == i - 30 and pair[1].index == i - 10
+            assert buf.pair(i - 500, i - 400) is None  # evicted long ago
+    assert longest == 50 == len(buf)
+    assert min(f.index for f in buf._items) == 20_000 - 50  # noqa: SLF001 - the oldest kept is the last 50th
+
+
+def test_crop_buffer_pairs_stay_in_one_tracking_epoch() -> None:
+    buf = CropBuffer(20)
+    for i in range(100):
+        buf.add(_face(i, epoch=0 if i < 90 else 1))
+    onset, apex = buf.pair(85, 95)  # type: ignore[misc]
+    assert apex.index == 95 and onset.epoch == apex.epoch == 1 and onset.index == 90
+
+
+def test_prefetch_holds_at_most_maxsize_frames_over_20k_frames() -> None:
+    produced = 0
+    lock = threading.Lock()
+    image = np.zeros((4, 4, 3), np.uint8)
+
+    def frames() -> Iterator[Frame]:
+        nonlocal produced
+        for i in range(20_000):
+            with lock:
+                produced += 1
+            yield Frame(index=i, pts_s=i / 30, image=image)
+
+    maxsize = 8
+    ahead = []
+    consumed = 0
+    for frame in prefetch(frames(), maxsize=maxsize):
+        assert frame.index == consumed  # order kept
+        consumed += 1
+        if consumed % 2000 == 0:
+            time.sleep(0.02)  # a slow consumer: the decode thread runs ahead as far as the queue lets it
+            with lock:
+                ahead.append(produced - consumed)
+    assert consumed == 20_000
+    # in memory at once: the queue, plus one frame in the thread's hand and one handed to the consumer
+    assert max(ahead) <= maxsize + 2
+    assert max(ahead) >= maxsize - 1  # the queue was really filled (the bound is what stopped it)
+
+
+def test_prefetch_stops_its_thread_when_the_consumer_leaves() -> None:
+    before = {t.ident for t in threading.enumerate()}
+
+    def endless() -> Iterator[Frame]:
+        i = 0
+        while True:
+            yield Frame(index=i, pts_s=i / 30, image=np.zeros((2, 2, 3), np.uint8))
+            i += 1
+
+    stream = prefetch(endless(), maxsize=4)
+    for frame in stream:
+        if frame.index == 100:
+            break
+    stream.close()  # what a `for` loop leaving a generator (or an exception) does
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and any(
+            t.name == "au-annotate-decode" and t.ident not in before for t in threading.enumerate()):
+        time.sleep(0.01)
+    assert not [t for t in threading.enumerate() if t.name == "au-annotate-decode" and t.ident not in before]
+
+
+def _state_size(obj: object) -> tuple[int, int]:
+    """(container elements, array bytes) held by an object graph, following attributes (cv2 objects and functions
+    skipped). A stand-in for memory that does not depend on the allocator."""
+    seen: set[int] = set()
+    total = nbytes = 0
+    todo: deque[object] = deque([obj])
+    while todo:
+        o = todo.pop()
+        if id(o) in seen or o is None or isinstance(o, (int, float, str, bytes, bool, type)) or callable(o):
+            continue
+        seen.add(id(o))
+        if isinstance(o, np.ndarray):
+            nbytes += o.nbytes
+        elif isinstance(o, dict):
+            total += len(o)
+            todo.extend(o.keys())
+            todo.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset, deque)):
+            total += len(o)
+            todo.extend(o)
+        elif hasattr(o, "__dict__") and type(o).__module__.startswith(("au_annotate", "builtins")):
+            todo.extend(vars(o).values())
+        elif hasattr(o, "__dataclass_fields__"):
+            todo.extend(getattr(o, f) for f in o.__dataclass_fields__)  # type: ignore[attr-defined]
+    return total, nbytes
+
+
+def test_spotter_state_does_not_grow_over_12k_frames() -> None:
+    """A spotter fed ~7 minutes of 30 fps face crops with a micro and a macro movement every 4 s keeps a bounded state."""
+    from au_annotate.spot import make_spotter
+    from au_annotate.synth import PlantedEvent, crop_aligned, iter_frames
+
+    events = [PlantedEvent("brow_raise", 1.0, 1.15, 1.35, 2.0),
+              PlantedEvent("lip_corner_pull", 2.0, 2.6, 3.2, 2.0, kind="macro")]
+    cycle = [crop_aligned(f, crop_size=64) for f in iter_frames(fps=30, duration_s=4, size=(240, 180), events=events,
+                                                                  noise_sigma=1.0, seed=1)]
+    spotter = make_spotter("roi-flow", 30.0, {"flow_size": 32})
+    n = 12_000
+    sizes: list[tuple[int, int]] = []
+    windows = 0
+    for i in range(n):
+        face = replace(cycle[i % len(cycle)], index=i, pts_s=i / 30)
+        windows += len(spotter.process_frame(i, i / 30, face))
+        if i % 500 == 499:
+            sizes.append(_state_size(spotter))
+    windows += len(spotter.flush())
+    assert windows >= n // len(cycle)  # the stream really produced windows all along (state was exercised)
+    for part in (0, 1):  # elements (a list that keeps every window would show here), then array bytes
+        series = [s[part] for s in sizes]
+        early = max(series[len(series) // 4 : len(series) // 2])  # after warm-up and the 30 s noise history filled
+        late = max(series[len(series) // 2 :])
+        assert 0 < late <= early * 1.02 + 32, (part, early, late, series)
+
+
+def test_crop_buffer_capacity_follows_spotter_latency() -> None:
+    """The pipeline sizes the crop buffer from the spotter's latency: a window's onset crop is still there when it closes."""
+    from au_annotate.spot import make_spotter
+
+    spotter = make_spotter("roi-flow", 30.0)
+    buf = CropBuffer(spotter.max_latency_frames + 2)  # as pipeline.process_video does
+    newest = 5000
+    for i in range(newest + 1):
+        buf.add(_face(i, side=2))
+    onset = newest - spotter.max_latency_frames  # the oldest onset a window closing now may have
+    pair = buf.pair(onset, onset + 1)
+    assert pair is not None and pair[0].index == onset
+    assert len(buf) <= buf.capacity

@@ -1,0 +1,284 @@
+"""Training and evaluation: labels, deterministic training, metrics, thresholds inside the training folds, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from au_annotate.flow import encode_flow, save_flow_png
+from au_annotate.training.data import DatasetError, build_labels, load_dataset
+from au_annotate.training.evaluate import (
+    binary_metrics,
+    evaluate,
+    macro,
+    make_folds,
+    reliable_aus,
+    run_fold,
+)
+from au_annotate.training.train import (
+    TrainConfig,
+    TrainConfigError,
+    best_f1_threshold,
+    flip_pictures,
+    load_train_config,
+    select_thresholds,
+    train_checkpoint,
+    train_model,
+)
+
+SAMM = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "samm-flow28"
+TINY = TrainConfig(epochs=2, batch_size=8, inner_folds=2, model={"dim": 8, "heads": 2, "block_repeats": 1})
+
+
+def _pictures(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Synthetic flow pictures: AU column j adds motion in its own horizontal band (seed encoding)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for row in labels:
+        flow = rng.normal(0, 0.2, (56, 56, 2)).astype(np.float32)
+        for j, v in enumerate(row):
+            if v:
+                flow[8 * j : 8 * j + 8, :, 1] += 2.0
+        out.append(encode_flow(flow))
+    return np.stack(out)
+
+
+def _write_dataset(root: Path, n_subjects: int = 4, per_subject: int = 5, missing: bool = True) -> Path:
+    """A samm-flow28-shaped folder: samm.csv (';', CRLF) + flows/sub{S}_{F}.png."""
+    codes = ["4+7", "12", "4", "7B+ref(12)", "(R4 or R12)"]
+    rows = ["Subject;Filename;Inducement Code;Onset Frame;Apex Frame;Offset Frame;Duration;Micro;Action Units;"
+            "Estimated Emotion;Objective Classes;Notes"]
+    (root / "flows").mkdir(parents=True)
+    k = 0
+    for s in range(n_subjects):
+        subj = f"{s + 1:03d}"
+        for i in range(per_subject):
+            fname = f"{subj}_{i}"
+            code = codes[(s + i) % len(codes)]
+            rows.append(f"{subj};{fname};1;1;2;3;3;Micro - 1/2;{code};Other;1;")
+            labels, _ = build_labels([code], ["AU04", "AU07", "AU12"])
+            save_flow_png(root / "flows" / f"sub{subj}_{fname}.png", _pictures(labels, seed=k)[0])
+            k += 1
+    if missing:
+        rows.append(f"{n_subjects:03d};{n_subjects:03d}_99;1;1;2;3;3;Micro;4;Other;1;")
+    (root / "samm.csv").write_bytes(("\r\n".join(rows) + "\r\n").encode())
+    return root
+
+
+# ------------------------------------------------------------------------------------------------------------ labels
+
+
+def test_build_labels_rules() -> None:
+    labels, names = build_labels(["4+7", "(R6 or R12)+R15", "ref(7B)+43C", "A1B+A2C", "B18+25"])
+    assert names == ("AU01", "AU02", "AU04", "AU06", "AU07", "AU12", "AU15", "AU18", "AU25", "AU43")
+    col = {n: i for i, n in enumerate(names)}
+    assert labels[1, [col["AU06"], col["AU12"], col["AU15"]]].tolist() == [1, 1, 1]  # every option counts
+    assert labels[2, [col["AU07"], col["AU43"]]].tolist() == [1, 1]  # ref(..) counts as present
+    assert labels[4, [col["AU18"], col["AU25"]]].tolist() == [1, 1]  # prefixed codes are not dropped
+    assert labels.sum() == 2 + 3 + 2 + 2 + 2
+    first, _ = build_labels(["(R6 or R12)+R15"], ["AU06", "AU12", "AU15"], alternatives="first")
+    assert first.tolist() == [[1, 0, 1]]
+
+
+@pytest.mark.skipif(not SAMM.exists(), reason="SAMM dataset not available")
+def test_samm_labels_real_rows() -> None:
+    ds = load_dataset(SAMM)
+    assert len(ds) == 157
+    assert set(ds.missing) == {"sub028_028_4_1.png", "sub032_032_3_1.png"}
+    assert ds.identity["n_subjects"] == 29 and ds.identity["n_samples"] == 157
+    assert len(ds.au_names) == 27 and {"AU18", "AU23"} <= set(ds.au_names)
+    assert ds.labels.sum(1).min() >= 1  # no sample without an AU (the seed left 11)
+    row = {n: i for i, n in enumerate(ds.names)}
+    col = {n: i for i, n in enumerate(ds.au_names)}
+    on = lambda name: {ds.au_names[j] for j in np.flatnonzero(ds.labels[row[name]])}  # noqa: E731
+    assert on("sub007_007_6_1.png") == {"AU06", "AU12", "AU15"}
+    assert on("sub020_020_1_3.png") == {"AU18", "AU25"}
+    assert on("sub026_026_5_1.png") == {"AU14", "AU17"}
+    assert on("sub035_035_7_1.png") == {"AU01", "AU02"}
+    assert ds.labels[:, col["AU07"]].sum() == 46 and ds.labels[:, col["AU12"]].sum() == 30
+    assert ds.images.shape == (157, 28, 28, 3) and ds.images.dtype == np.uint8
+
+
+def test_load_dataset_reports_missing_and_errors(tmp_path: Path) -> None:
+    root = _write_dataset(tmp_path / "d")
+    ds = load_dataset(root)
+    assert len(ds) == 20 and ds.missing == ("sub004_004_99.png",)
+    assert ds.au_names == ("AU04", "AU07", "AU12")
+    assert len(ds.identity["files_sha256"]) == 64
+    with pytest.raises(DatasetError, match="samm.csv"):
+        load_dataset(tmp_path)
+    text = (root / "samm.csv").read_text().replace(";4+7;", ";4+X;", 1)
+    (root / "samm.csv").write_text(text)
+    with pytest.raises(DatasetError, match=r"samm\.csv.*'X'"):
+        load_dataset(root)
+
+
+# ----------------------------------------------------------------------------------------------------------- metrics
+
+
+def test_binary_metrics_hand_case() -> None:
+    m = binary_metrics(np.array([1, 1, 0, 0, 0]), np.array([1, 0, 1, 0, 0]), np.array([0.9, 0.3, 0.8, 0.1, 0.2]))
+    assert m["support"] == 2
+    assert m["precision"] == pytest.approx(0.5) and m["recall"] == pytest.approx(0.5) and m["f1"] == pytest.approx(0.5)
+    assert m["uar"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert m["auc"] == pytest.approx(5 / 6)
+    allpos = binary_metrics(np.array([1, 0, 0, 0]), np.ones(4), np.ones(4))
+    assert allpos["f1"] == pytest.approx(2 * 0.25 / 1.25) and allpos["uar"] == 0.5 and allpos["auc"] == 0.5
+    none = binary_metrics(np.zeros(3), np.zeros(3), np.zeros(3))
+    assert none["f1"] == 0.0 and math.isnan(none["auc"])
+
+
+def test_macro_skips_rare_and_nan() -> None:
+    rows = [
+        {"au": "AU01", "support": 12, "precision": 1.0, "recall": 0.5, "f1": 0.6, "uar": 0.7, "auc": 0.8},
+        {"au": "AU02", "support": 2, "precision": 0.0, "recall": 0.0, "f1": 0.0, "uar": 0.5, "auc": math.nan},
+    ]
+    assert macro(rows)["f1"] == pytest.approx(0.3) and macro(rows)["auc"] == pytest.approx(0.8)
+    assert macro(rows, 10) == {"n_aus": 1, "precision": 1.0, "recall": 0.5, "f1": 0.6, "uar": 0.7, "auc": 0.8}
+
+
+def test_best_f1_threshold() -> None:
+    assert best_f1_threshold(np.array([1, 1, 0, 0]), np.array([0.9, 0.8, 0.3, 0.1])) == pytest.approx(0.55)
+    assert best_f1_threshold(np.array([1, 0, 1, 0]), np.array([0.9, 0.7, 0.5, 0.1])) == pytest.approx(0.3)  # F1 0.8
+    # top-1 and top-4 both give F1 2/3: the tie goes to the higher threshold
+    assert best_f1_threshold(np.array([1, 0, 0, 1]), np.array([0.9, 0.8, 0.7, 0.6])) == pytest.approx(0.85)
+    assert best_f1_threshold(np.zeros(3), np.array([0.2, 0.9, 0.5])) > 0.9
+    thr = select_thresholds(np.array([[1, 0], [0, 0]]), np.array([[0.6, 0.2], [0.4, 0.3]]))
+    assert thr[0] == pytest.approx(0.5) and thr[1] == 1.0
+
+
+def test_reliable_rule() -> None:
+    def row(au: str, support: int, f1: float) -> dict:
+        return {"au": au, "support": support, "f1": f1}
+
+    tables = {
+        "htnet": [row("AU04", 20, 0.6), row("AU07", 40, 0.6), row("AU09", 5, 0.9)],
+        "all_positive": [row("AU04", 20, 0.2), row("AU07", 40, 0.45), row("AU09", 5, 0.1)],
+        "logreg": [row("AU04", 20, 0.5), row("AU07", 40, 0.3), row("AU09", 5, 0.1)],
+    }
+    assert reliable_aus(tables) == ["AU04"]  # AU07 is not 2x all-positive, AU09 has too few positives
+
+
+def test_make_folds() -> None:
+    subjects = np.array(["a", "a", "b", "c", "c", "d"])
+    loso = make_folds(subjects, "loso")
+    assert len(loso) == 4
+    assert sorted(np.concatenate([te for _, te in loso]).tolist()) == list(range(6))
+    for tr, te in loso:
+        assert len(set(subjects[te])) == 1 and not set(subjects[tr]) & set(subjects[te])
+    assert len(make_folds(subjects, "group-kfold", 2)) == 2
+
+
+# ------------------------------------------------------------------------------------------------------ augmentation
+
+
+def test_flip_mirrors_the_flow_angle() -> None:
+    rng = np.random.default_rng(3)
+    flow = np.zeros((56, 56, 2), np.float32)
+    flow[:, :20] = (1.5, -0.5)  # right-and-up motion on the left side
+    flow[30:, 30:] = (-0.3, 1.0)
+    flow += rng.normal(0, 0.05, flow.shape).astype(np.float32)
+    mirrored = np.ascontiguousarray(flow[:, ::-1]) * np.array([-1.0, 1.0], np.float32)
+    got = flip_pictures(encode_flow(flow)[None])[0].astype(int)
+    want = encode_flow(mirrored).astype(int)
+    naive = encode_flow(flow)[:, ::-1].astype(int)
+    assert np.abs(got - want).mean() < 4.0
+    assert np.abs(naive - want).mean() > 20.0  # a plain flip gets the colours wrong
+
+
+# ---------------------------------------------------------------------------------------------------------- training
+
+
+def test_training_is_deterministic() -> None:
+    labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 3, dtype=np.float32)
+    images = _pictures(labels)
+    cfg = TrainConfig(**{**TINY.to_dict(), "flip": True, "translate": 1, "pos_weight": "balanced"})
+    a = train_model(images, labels, cfg).state_dict()
+    b = train_model(images, labels, cfg).state_dict()
+    c = train_model(images, labels, cfg, seed=1).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert torch.get_num_threads() >= 1
+
+
+def test_thresholds_never_see_the_held_out_fold() -> None:
+    labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0]] * 4, dtype=np.float32)
+    images = _pictures(labels)
+    subjects = np.repeat(np.array(["s1", "s2", "s3", "s4"]), 5)
+    train_idx, test_idx = np.arange(15), np.arange(15, 20)
+    a = run_fold(0, images, labels, subjects, train_idx, test_idx, TINY)
+    changed = labels.copy()
+    changed[test_idx] = 1 - changed[test_idx]  # the held-out labels must not matter for anything fitted
+    b = run_fold(0, images, changed, subjects, train_idx, test_idx, TINY)
+    for method in ("htnet", "logreg"):
+        np.testing.assert_array_equal(a.thresholds[method], b.thresholds[method])
+        np.testing.assert_array_equal(a.scores[method], b.scores[method])
+
+
+def test_evaluate_and_checkpoint_round_trip(tmp_path: Path) -> None:
+    from au_annotate.weights import load_checkpoint
+
+    ds = load_dataset(_write_dataset(tmp_path / "d"))
+    report = evaluate(ds, TINY, "group-kfold", 2)
+    p = ds.labels.mean(0)
+    allpos = [r["f1"] for r in report.tables["all_positive"]]
+    np.testing.assert_allclose(allpos, 2 * p / (1 + p))
+    paths = report.write(tmp_path / "ev")
+    js = json.loads(paths[1].read_text())
+    assert js["protocol"] == "group-kfold-2" and js["recipe"] == TINY.to_dict()
+    assert paths[0].read_text().splitlines()[0] == "method,au,support,precision,recall,f1,uar,auc"
+    assert len(paths[2].read_text().splitlines()) == len(ds) + 1
+
+    sha, fit, reliable = train_checkpoint(ds, TINY, tmp_path / "m.pt", eval_report=js)
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    assert loaded.sha256 == sha and loaded.au_names == ds.au_names
+    np.testing.assert_allclose(loaded.thresholds, fit.thresholds, rtol=1e-6)
+    assert loaded.reliable.tolist() == reliable == [au in js["reliable"] for au in ds.au_names]
+    assert loaded.meta["training"]["data"]["files_sha256"] == ds.identity["files_sha256"]
+    assert loaded.meta["metrics"]["protocol"] == "group-kfold-2"
+    other = TrainConfig(**{**TINY.to_dict(), "epochs": 3})
+    with pytest.raises(TrainConfigError, match="another recipe"):
+        train_checkpoint(ds, other, tmp_path / "x.pt", eval_report=js)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_train_config_file(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "r.toml"
+    cfg_path.write_text('epochs = 5\nflip = true\npos_weight = "balanced"\n[model]\ndim = 32\nblock_repeats = 1\n')
+    cfg = load_train_config(cfg_path)
+    assert cfg.epochs == 5 and cfg.flip and cfg.model == {"dim": 32, "block_repeats": 1}
+    assert cfg.model_config(27).num_classes == 27 and cfg.model_config(27).dim == 32
+    cfg_path.write_text("epoch = 5\n")
+    with pytest.raises(TrainConfigError, match=r"r\.toml.*epoch"):
+        load_train_config(cfg_path)
+    with pytest.raises(TrainConfigError, match="pos_weight"):
+        TrainConfig(pos_weight="sometimes")
+    with pytest.raises(TrainConfigError, match="dim"):
+        TrainConfig(model={"dim": 30, "heads": 4})
+
+
+def test_cli_train_and_evaluate(tmp_path: Path) -> None:
+    from au_annotate.cli import main
+
+    data = _write_dataset(tmp_path / "d")
+    opts = ["--epochs", "1", "--dim", "8", "--heads", "2", "--depth", "1", "--inner-folds", "2"]
+    runner = CliRunner()
+    res = runner.invoke(main, ["evaluate", "--data", str(data), "--protocol", "group-kfold", "--folds", "2",
+                               "-o", str(tmp_path / "ev"), *opts])
+    assert res.exit_code == 0, res.output
+    assert "sub004_004_99.png" in res.output and "macro" in res.output
+    res = runner.invoke(main, ["train", "--data", str(data), "-o", str(tmp_path / "w.pt"),
+                               "--eval-report", str(tmp_path / "ev" / "metrics.json"), *opts])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "w.pt").stat().st_size > 0
+    res = runner.invoke(main, ["evaluate", "--data", str(tmp_path / "nope")])
+    assert res.exit_code == 1 and "nope" in res.output and "Traceback" not in res.output
+    res = runner.invoke(main, ["train", "--data", str(data), "-o", str(tmp_path / "w2.pt"), "--epochs", "2",
+                               "--eval-report", str(tmp_path / "ev" / "metrics.json"), *opts[2:]])
+    assert res.exit_code == 1 and "another recipe" in res.output
