@@ -144,6 +144,7 @@ def process_video(
         tracks: dict[str, _FaceState] = {}  # per face id: its own spotter and crop buffer
         times_s: deque[tuple[int, float]] = deque(maxlen=1)  # resized once the first spotter tells its latency
         samples: list[FlowSample] = []
+        keep_blinks = str(settings.spot.get("blinks", "")) in ("label", "keep")
         frames = with_face = 0
         pending = 0
 
@@ -157,6 +158,8 @@ def process_video(
             t0 = time.perf_counter()
             lookup = dict(times_s)
             for w in windows:
+                if w.kind == "blink" and not keep_blinks:
+                    continue  # blinks are not expressions: written only when asked (spot = {blinks = "label"})
                 pair = state.buffer.pair(w.onset, w.apex)
                 if pair is None:
                     continue

@@ -239,6 +239,7 @@ def run(opts: argparse.Namespace) -> dict[str, object]:
     paths = make_inputs(Path(opts.workdir), opts.base_s, opts.long_s, opts.multi_s)
     rows: dict[str, list[dict[str, object]]] = {k: [] for k in ("decode", "base", "double", "jobs1", "jobs2")}
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
     for r in range(opts.repeats):
         print(f"repeat {r + 1}/{opts.repeats} ...", file=sys.stderr)
         rows["decode"].append(_measure("decode", paths["base"], opts))  # type: ignore[arg-type]
@@ -263,7 +264,7 @@ def run(opts: argparse.Namespace) -> dict[str, object]:
         sys.exit(f"benchmark: decode-only used {decode_backend}, annotate used {annotate_backend}; pass --decoder")
     res: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        "load_avg_1m": os.getloadavg()[0], "device": opts.device, "backend": decode_backend,
+        "load_avg_1m": load_start, "device": opts.device, "backend": decode_backend,
         "repeats": opts.repeats, "base_frames": rows["base"][0]["frames"],
         "decode_fps": _stats([fps(x) for x in rows["decode"]]),
         "annotate_fps": _stats([fps(x) for x in rows["base"]]),

@@ -139,3 +139,10 @@ def test_config_errors() -> None:
         RoiFlowSpotter(0.0)
     with pytest.raises(SpotError, match="blinks"):
         SpotConfig.from_any({"blinks": "maybe"})
+
+
+def test_a_movement_next_to_a_blink_is_not_swallowed_by_it() -> None:
+    events = [PlantedEvent("brow_lower", 1.5, 1.6, 1.8, 1.5), PlantedEvent("blink", 2.05, 2.12, 2.3, 5.0, kind="blink")]
+    windows, _, _ = run(30.0, 3.0, events, noise_sigma=2.0, seed=5)
+    assert micro_f1(windows, events, 30.0) == (1, 0, 0), windows
+    assert any(w.kind == "blink" and w.onset >= 58 for w in windows)

@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from au_annotate.training.train import inner_folds as group_folds
 from au_annotate.training.train import select_thresholds
@@ -69,7 +70,14 @@ def _fit_raw(images: np.ndarray, labels: np.ndarray, seed: int) -> tuple[Standar
 def fit_logreg(
     images: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, inner_folds: int = 3, seed: int = 0
 ) -> LogRegModel:
-    """Per-AU logistic regression on all given samples; thresholds from inner group-k-fold OOF probabilities."""
+    """Per-AU logistic regression on all given samples; thresholds from inner group-k-fold OOF probabilities.
+
+    BLAS is held to one thread: on a busy machine OpenBLAS threads spin-wait and made this ~9x slower."""
+    with threadpool_limits(1):
+        return _fit_logreg(images, labels, groups, inner_folds, seed)
+
+
+def _fit_logreg(images: np.ndarray, labels: np.ndarray, groups: np.ndarray, inner_folds: int, seed: int) -> LogRegModel:
     oof = np.zeros(labels.shape, np.float32)
     for tr, te in group_folds(groups, inner_folds):
         scaler, models = _fit_raw(images[tr], labels[tr], seed)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, LeaveOneGroupOut
+from threadpoolctl import threadpool_limits
 
 from au_annotate.fileio import atomic_open
 from au_annotate.training.baselines import all_positive_scores, fit_logreg
@@ -134,8 +135,9 @@ def run_fold(
 
 
 def _run_fold_worker(args: tuple) -> FoldResult:
-    """Process-pool entry point (top level so it pickles)."""
-    return run_fold(*args)
+    """Process-pool entry point (top level so it pickles); BLAS on one thread per worker."""
+    with threadpool_limits(1):
+        return run_fold(*args)
 
 
 # ------------------------------------------------------------------------------------------------------------ report
