@@ -85,7 +85,7 @@ def test_api_returns_what_the_cli_wrote(annotated, tmp_path) -> None:
 
 @pytest.mark.parametrize("case", ["missing", "empty", "unwritable"])
 def test_bad_invocations_give_one_line_and_exit_2(tmp_path: Path, planted_clips, case: str) -> None:
-    root, clips, = planted_clips[0], planted_clips[1]
+    clips = planted_clips[1]
     if case == "missing":
         args = [str(tmp_path / "no-such-folder"), "-o", str(tmp_path / "o")]
     elif case == "empty":

@@ -98,7 +98,7 @@ def test_overwrite_recomputes(first_run, videos: Path, weights: str) -> None:
     assert {k: v["key"] for k, v in after["videos"].items()} == {k: v["key"] for k, v in before["videos"].items()}
 
 
-@pytest.mark.parametrize("change", [("--input-layout", "mosaic"), ("--format", "csv"), ("--no-recursive",)])
+@pytest.mark.parametrize("change", [("--faces", "largest"), ("--format", "csv"), ("--no-recursive",)])
 def test_changed_result_settings_recompute(first_run, videos: Path, weights: str, change: tuple[str, ...]) -> None:
     out, before, outputs = first_run
     after = _run(videos, out, weights, *change)

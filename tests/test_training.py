@@ -158,11 +158,12 @@ def test_reliable_rule() -> None:
         return {"au": au, "support": support, "f1": f1}
 
     tables = {
-        "htnet": [row("AU04", 20, 0.6), row("AU07", 40, 0.6), row("AU09", 5, 0.9)],
-        "all_positive": [row("AU04", 20, 0.2), row("AU07", 40, 0.45), row("AU09", 5, 0.1)],
-        "logreg": [row("AU04", 20, 0.5), row("AU07", 40, 0.3), row("AU09", 5, 0.1)],
+        "htnet": [row("AU04", 20, 0.6), row("AU07", 40, 0.6), row("AU09", 5, 0.9), row("AU05", 10, 0.3)],
+        "all_positive": [row("AU04", 20, 0.2), row("AU07", 40, 0.45), row("AU09", 5, 0.1), row("AU05", 10, 0.1)],
+        "logreg": [row("AU04", 20, 0.5), row("AU07", 40, 0.3), row("AU09", 5, 0.1), row("AU05", 10, 0.1)],
     }
-    assert reliable_aus(tables) == ["AU04"]  # AU07 is not 2x all-positive, AU09 has too few positives
+    # AU07 is not 2x all-positive, AU09 has too few positives, AU05 beats both baselines but F1 0.3 < MIN_F1
+    assert reliable_aus(tables) == ["AU04"]
 
 
 def test_make_folds() -> None:

@@ -20,8 +20,8 @@ from au_annotate.settings import Settings
 
 
 def default_jobs() -> int:
-    """A sensible number of worker processes: one per two cores (decode and OpenCV use threads), at least 1."""
-    return max(1, (os.cpu_count() or 1) // 2)
+    """A sensible number of worker processes: one per core (measured: --jobs 2 on 2 cores is 1.26x --jobs 1)."""
+    return max(1, os.cpu_count() or 1)
 
 
 _EVENTS: queue.Queue | None = None

@@ -32,6 +32,7 @@ from au_annotate.training.train import TrainConfig, fit_htnet
 METHODS = ("htnet", "all_positive", "logreg")
 METRICS = ("support", "precision", "recall", "f1", "uar", "auc")
 FREQUENT = 10  # AUs with at least this many positives are "frequent" (and may be marked reliable)
+MIN_F1 = 0.4  # a reliable AU must also be usable: cross-validated F1 at least this
 TARGET_AUS = ("AU02", "AU04", "AU07", "AU12", "AU14")
 PROTOCOLS = ("loso", "group-kfold")
 
@@ -215,10 +216,10 @@ def _json_safe(obj: Any) -> Any:
 
 
 def reliable_aus(tables: dict[str, list[dict[str, Any]]], min_support: int = FREQUENT) -> list[str]:
-    """AUs with support >= min_support whose HTNet F1 is at least twice all-positive's and above logistic regression's."""
+    """AUs the model card may call reliable: enough positives, F1 >= MIN_F1, >= 2x all-positive, > logistic regression."""
     out = []
     for h, a, lr in zip(tables["htnet"], tables["all_positive"], tables["logreg"], strict=True):
-        if h["support"] >= min_support and h["f1"] >= 2 * a["f1"] and h["f1"] > lr["f1"]:
+        if h["support"] >= min_support and h["f1"] >= max(MIN_F1, 2 * a["f1"]) and h["f1"] > lr["f1"]:
             out.append(h["au"])
     return out
 

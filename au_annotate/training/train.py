@@ -41,7 +41,7 @@ class TrainConfigError(ValueError):
 class TrainConfig:
     """Everything that determines a training run (stored in the checkpoint as the recipe)."""
 
-    epochs: int = 60
+    epochs: int = 100
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 32
@@ -49,8 +49,8 @@ class TrainConfig:
     pos_weight: str = "none"  # none | balanced (neg/pos per AU, capped at pos_weight_cap) | a number for every AU
     pos_weight_cap: float = 10.0
     label_smoothing: float = 0.0  # targets become y*(1-s) + s/2
-    flip: bool = False  # horizontal flip with the hue mirrored (p = 0.5 per sample)
-    translate: int = 0  # random shifts of up to this many pixels
+    flip: bool = True  # horizontal flip with the hue mirrored (p = 0.5 per sample)
+    translate: int = 2  # random shifts of up to this many pixels
     ensemble: int = 1  # average the probabilities of this many seeds (seed, seed+1, ...)
     inner_folds: int = 3  # inner group-k-fold for threshold selection
     model: dict[str, Any] = field(default_factory=dict)  # HTNetConfig overrides (dim, heads, block_repeats, ...)
@@ -371,7 +371,7 @@ def train_checkpoint(
     (frequent AUs that beat both baselines) and the metrics stored in the checkpoint. Without it, reliable = AUs with at
     least 10 positives and the checkpoint says that no cross-validated metrics back it. Returns (sha256, fit, reliable).
     """
-    from au_annotate.training.evaluate import FREQUENT
+    from au_annotate.training.evaluate import FREQUENT, MIN_F1, reliable_aus
     from au_annotate.weights import save_checkpoint
 
     if cfg.ensemble != 1:
@@ -383,7 +383,11 @@ def train_checkpoint(
             raise TrainConfigError("the evaluation report was made on other data (files_sha256 differs)")
         if list(eval_report.get("au_names", [])) != list(dataset.au_names):
             raise TrainConfigError("the evaluation report has another AU label space")
-        reliable = [au in set(eval_report.get("reliable", [])) for au in dataset.au_names]
+        try:
+            rel = set(reliable_aus(eval_report["tables"]))  # the rule in code, not a list copied from the file
+        except (KeyError, TypeError) as exc:
+            raise TrainConfigError(f"the evaluation report has no per-AU tables ({exc})") from exc
+        reliable = [au in rel for au in dataset.au_names]
     else:
         reliable = [bool(s >= FREQUENT) for s in dataset.labels.sum(0)]
     fit = fit_htnet(dataset.images, dataset.labels, dataset.subjects, cfg, progress)
@@ -397,7 +401,9 @@ def train_checkpoint(
             "label_rule": "AU present at any intensity/side, ref(..) counts, 'X or Y' counts every option (facs rule 'all')",
             "recipe": cfg.to_dict(),
             "thresholds": "per-AU best F1 on inner group-k-fold out-of-fold probabilities over the training subjects",
-            "reliable_rule": f"support >= {FREQUENT} and cross-validated F1 >= 2x all-positive and > logistic regression",
+            "reliable_rule": (
+                f"support >= {FREQUENT}, cross-validated F1 >= {MIN_F1}, >= 2x all-positive and > logistic regression"
+            ),
         },
         "metrics": dict(eval_report) if eval_report is not None else None,
     }
