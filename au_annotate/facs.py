@@ -13,6 +13,7 @@ Grammar (whitespace around tokens is ignored, an ``AU`` prefix such as ``AU4`` i
     intensity   := I | I "/" I      with I in A..E     (A trace .. E maximum; "A/B" = between)
     note        := a known non-AU descriptor (``soft focus``), kept in ``FACSCode.notes``
 
+"or" binds tighter than "+": ``4+7 or 12`` is AU4 plus (AU7 or AU12); parentheses around an alternative are optional.
 Prefix letters come before the number and suffix letters after it, so ``A1B`` is asymmetric AU1 at intensity B and
 ``B18`` is bottom-lip AU18 with unspecified intensity. Canonical text (``str``/``format_code``): side letters, the number
 without leading zeros, the intensity, ``ref(..)`` around a referenced code, ``+`` between items without spaces, and an
@@ -21,6 +22,7 @@ alternative as ``X or Y`` (in parentheses when the code has more than one item);
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,9 +48,13 @@ class FACSParseError(ValueError):
         super().__init__(f"invalid FACS code {text!r}: {reason}: {token!r}")
 
 
-@dataclass(frozen=True, order=True)
+@functools.total_ordering
+@dataclass(frozen=True)
 class AUCode:
-    """One Action Unit as coded: number, intensity (None = unspecified), side/position prefix, referenced flag."""
+    """One Action Unit as coded: number, intensity (None = unspecified), side/position prefix, referenced flag.
+
+    Sortable by (au, intensity, side, referenced) with None before any letter (dataclass order=True would raise on
+    None vs str)."""
 
     au: int
     intensity: str | None = None
@@ -63,6 +69,14 @@ class AUCode:
             raise ValueError(f"intensity must be A..E or a range like 'A/B', got {self.intensity!r}")
         if self.side is not None and not re.fullmatch(r"[LRATBU](?:/[LRATBU])?", self.side):
             raise ValueError(f"side must be one of L R A T B U (or two joined by '/'), got {self.side!r}")
+
+    def _key(self) -> tuple[int, str, str, bool]:
+        return (self.au, self.intensity or "", self.side or "", self.referenced)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, AUCode):
+            return NotImplemented
+        return self._key() < other._key()
 
     def __str__(self) -> str:
         """Canonical FACS token: ``R12A``, ``43C``, ``10A/B``, ``ref(L10)``."""

@@ -146,6 +146,12 @@ def test_au_names() -> None:
         au_name(0)
 
 
+def test_aucodes_sort() -> None:
+    codes = [AUCode(12, "B"), AUCode(4, "A", "L"), AUCode(4), AUCode(4, "A"), AUCode(4, referenced=True)]
+    assert sorted(codes) == [AUCode(4), AUCode(4, referenced=True), AUCode(4, "A"), AUCode(4, "A", "L"), AUCode(12, "B")]
+    assert AUCode(4) <= AUCode(4) and AUCode(43) > AUCode(7)
+
+
 def test_format_aus() -> None:
     assert format_aus([7, 4, 43, 4]) == "4+7+43"
     assert format_aus([]) == ""

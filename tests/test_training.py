@@ -154,16 +154,20 @@ def test_best_f1_threshold() -> None:
 
 
 def test_reliable_rule() -> None:
-    def row(au: str, support: int, f1: float) -> dict:
-        return {"au": au, "support": support, "f1": f1}
+    def row(au: str, support: int, f1: float, auc: float = 0.9) -> dict:
+        return {"au": au, "support": support, "f1": f1, "auc": auc}
 
     tables = {
-        "htnet": [row("AU04", 20, 0.6), row("AU07", 40, 0.6), row("AU09", 5, 0.9), row("AU05", 10, 0.3)],
-        "all_positive": [row("AU04", 20, 0.2), row("AU07", 40, 0.45), row("AU09", 5, 0.1), row("AU05", 10, 0.1)],
-        "logreg": [row("AU04", 20, 0.5), row("AU07", 40, 0.3), row("AU09", 5, 0.1), row("AU05", 10, 0.1)],
+        "htnet": [row("AU04", 20, 0.6), row("AU07", 40, 0.6), row("AU09", 5, 0.9), row("AU05", 10, 0.3),
+                  row("AU12", 30, 0.7, auc=0.6), row("AU02", 18, 0.55)],
+        "all_positive": [row("AU04", 20, 0.2), row("AU07", 40, 0.45), row("AU09", 5, 0.1), row("AU05", 10, 0.1),
+                         row("AU12", 30, 0.3), row("AU02", 18, 0.2)],
+        "logreg": [row("AU04", 20, 0.8), row("AU07", 40, 0.3), row("AU09", 5, 0.1), row("AU05", 10, 0.1),
+                   row("AU12", 30, 0.1), row("AU02", 18, 0.5)],
     }
-    # AU07 is not 2x all-positive, AU09 has too few positives, AU05 beats both baselines but F1 0.3 < MIN_F1
-    assert reliable_aus(tables) == ["AU04"]
+    # AU07 is not 2x all-positive, AU09 has too few positives, AU05 F1 0.3 < MIN_F1, AU12 ranks poorly (AUC 0.6);
+    # AU04 is usable although the pixel baseline does better (that comparison is reported, not a usability criterion)
+    assert reliable_aus(tables) == ["AU04", "AU02"]
 
 
 def test_make_folds() -> None:
@@ -283,3 +287,32 @@ def test_cli_train_and_evaluate(tmp_path: Path) -> None:
     res = runner.invoke(main, ["train", "--data", str(data), "-o", str(tmp_path / "w2.pt"), "--epochs", "2",
                                "--eval-report", str(tmp_path / "ev" / "metrics.json"), *opts[2:]])
     assert res.exit_code == 1 and "another recipe" in res.output
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "htnet-samm.pt"
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="shipped checkpoint not built")
+def test_shipped_checkpoint_matches_its_model_card() -> None:
+    from au_annotate.training.evaluate import reliable_aus
+    from au_annotate.weights import load_checkpoint
+
+    loaded = load_checkpoint(SHIPPED)
+    assert loaded.n_aus == 27 and loaded.au_names[:3] == ("AU01", "AU02", "AU04")
+    meta = loaded.meta
+    recipe = TrainConfig.from_dict(meta["training"]["recipe"])
+    assert recipe.model_config(27) == loaded.config
+    report = meta["metrics"]
+    assert report["protocol"] == "loso" and report["n_folds"] == 29
+    assert report["recipe"] == recipe.to_dict()  # the LOSO numbers belong to this recipe
+    assert report["data"]["files_sha256"] == meta["training"]["data"]["files_sha256"]
+    assert [loaded.au_names[i] for i in np.flatnonzero(loaded.reliable)] == reliable_aus(report["tables"])
+    assert np.all((loaded.thresholds > 0) & (loaded.thresholds < 1))
+    card = (SHIPPED.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert loaded.sha256 in card
+    rows: dict[str, str] = {}
+    for line in card.splitlines():  # the first table with AU rows is the LOSO table
+        if line.startswith("| AU"):
+            rows.setdefault(line.split("|")[1].strip(), line)
+    for r in report["tables"]["htnet"]:  # the card's LOSO table is the checkpoint's report
+        assert rows[r["au"]].startswith(f"| {r['au']} | {r['support']} |") and f"**{r['f1']:.2f}**" in rows[r["au"]]

@@ -189,6 +189,9 @@ def train_cmd(data: Path, output: Path, eval_report: Path | None, config_path: P
         except (OSError, ValueError) as exc:
             raise click.ClickException(f"{eval_report}: not a readable metrics.json ({exc})") from exc
     console.print(f"recipe: {json.dumps(cfg.to_dict())}")
+    if report is None:
+        console.print(f"[yellow]note[/]: no --eval-report: AUs with >= {FREQUENT} positives are marked reliable without "
+                      "cross-validated evidence, and the checkpoint stores no metrics")
     try:
         with _progress(console) as prog:
             task = prog.add_task("epochs (inner folds + final)", total=None)

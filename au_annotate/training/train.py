@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -27,6 +27,9 @@ from sklearn.model_selection import GroupKFold
 
 from au_annotate.flow import images_to_input
 from au_annotate.model import HTNet, HTNetConfig
+
+if TYPE_CHECKING:
+    from au_annotate.training.data import AUDataset
 
 ProgressFn = Callable[[int, int], None]  # (done, total)
 
@@ -362,7 +365,7 @@ def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
 
 
 def train_checkpoint(
-    dataset: Any, cfg: TrainConfig, out_path: str | Path, *, eval_report: Mapping[str, Any] | None = None,
+    dataset: AUDataset, cfg: TrainConfig, out_path: str | Path, *, eval_report: Mapping[str, Any] | None = None,
     progress: ProgressFn | None = None,
 ) -> tuple[str, FittedHTNet, list[bool]]:
     """Train on every sample of `dataset` (an AUDataset), choose thresholds by inner CV, write a checkpoint.
