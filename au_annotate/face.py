@@ -18,6 +18,7 @@ from au_annotate.records import AlignedFace, FaceBox, Frame
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 DETECT_MAX_SIDE = 640  # detection runs on a copy downscaled to this longest side (MTCNN cost grows with pixels)
+MIN_RELATIVE_FACE = 0.35  # a face is tracked only if at least this fraction of the largest face in the same frame
 CROP_EXPAND = 1.15  # crop side = CROP_EXPAND * max(box w, h): the whole face with a little margin, like the seed's box
 
 
@@ -183,6 +184,9 @@ class FaceTracker:
         self._last_detect = frame.index
         self.detections += 1
         faces = self.detector.detect(frame.image)
+        if faces:  # faces far smaller than the largest are background clutter or detector false positives
+            largest = max(max(f.w, f.h) for f in faces)
+            faces = [f for f in faces if max(f.w, f.h) >= MIN_RELATIVE_FACE * largest]
         active = [t for t in self._tracks if t.lost_at is None]
         lost = sorted((t for t in self._tracks if t.lost_at is not None), key=lambda t: -(t.lost_at or 0))
         free: list[tuple[FaceBox, tuple[float, float, float, np.ndarray, np.ndarray]]] = []
