@@ -5,8 +5,10 @@ The only module besides the CLI that imports rich; the library reports through P
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
+from typing import TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -82,6 +84,56 @@ class RichProgress(ProgressHook):
 
     def message(self, text: str) -> None:
         self.progress.console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+class LogProgress(ProgressHook):
+    """Progress for logs (stderr not a terminal: batch jobs, clusters): one tqdm-formatted line at most every 30 s and
+    one per finished video, each ending in a newline (no carriage-return redraws in log files)."""
+
+    def __init__(self, file: TextIO, mininterval: float = 30.0) -> None:
+        from tqdm import tqdm
+
+        self._meter = tqdm.format_meter
+        self._file = file
+        self._mininterval = mininterval
+        self._n_videos = self._started = self._done = self._total = self._frames = 0
+        self._t0 = self._last = time.monotonic()
+
+    def __enter__(self) -> LogProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def _line(self) -> None:
+        now = time.monotonic()
+        self._last = now
+        if self._done >= self._n_videos:
+            total = self._frames or None
+        else:  # until every video has started, extrapolate from the videos seen so far
+            total = int(self._total * self._n_videos / max(1, self._started)) or None
+        text = self._meter(self._frames, total, now - self._t0, prefix=f"{self._done}/{self._n_videos} videos",
+                           unit="frame", unit_scale=True, ascii=True)
+        print(text, file=self._file, flush=True)
+
+    def start_run(self, jobs: tuple[VideoJob, ...]) -> None:
+        self._n_videos = len(jobs)
+
+    def start_video(self, job: VideoJob, info: VideoInfo) -> None:
+        self._started += 1
+        self._total += max(0, info.n_frames)
+
+    def advance(self, job: VideoJob, frames: int) -> None:
+        self._frames += frames
+        if time.monotonic() - self._last >= self._mininterval:
+            self._line()
+
+    def end_video(self, result: VideoResult) -> None:
+        self._done += 1
+        self._line()
+
+    def message(self, text: str) -> None:
+        print(f"warning: {text}", file=self._file, flush=True)
 
 
 def _fmt_duration(seconds: float) -> str:

@@ -30,6 +30,9 @@ def test_exit_code_and_corrupt_file_reported(annotated) -> None:
     assert any("decord" in ln or "open" in ln or "decod" in ln for ln in lines)
     assert not list(out.rglob("broken*"))  # nothing written for the failed video
     assert not list(out.rglob(".au-annotate-tmp-*"))  # no temporary file left behind
+    # not a terminal: progress comes as log lines (one per finished video), ending at all videos and 100 %
+    progress = [ln for ln in result.output.splitlines() if "videos" in ln and "frame" in ln]
+    assert progress and progress[-1].startswith("3/3 videos") and "100%" in progress[-1]
 
 
 def test_planted_apexes_found_in_csv(annotated) -> None:

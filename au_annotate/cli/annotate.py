@@ -61,7 +61,7 @@ def annotate(inputs: tuple[Path, ...], out_dir: Path, config_file: Path | None, 
     from au_annotate.api import AnnotateError, OutputError
     from au_annotate.api import annotate as run_annotate
     from au_annotate.discover import DiscoverError
-    from au_annotate.ui import RichProgress, print_summary
+    from au_annotate.ui import LogProgress, RichProgress, print_summary
 
     err = Console(stderr=True, highlight=False)
     try:
@@ -76,7 +76,9 @@ def annotate(inputs: tuple[Path, ...], out_dir: Path, config_file: Path | None, 
         if settings.quiet:
             report = run_annotate(list(inputs), out_dir, settings)
         else:
-            with RichProgress(console) as hook:
+            # a terminal gets live rich bars; a log file (batch job, cluster) gets a tqdm line every 30 s
+            hook = RichProgress(console) if console.is_terminal else LogProgress(sys.stderr)
+            with hook:
                 report = run_annotate(list(inputs), out_dir, settings, progress=hook)
     except (DiscoverError, OutputError, AnnotateError) as e:
         err.print(f"[red]Error:[/] {e}", soft_wrap=True)
