@@ -160,11 +160,9 @@ class FaceTracker:
     def _anchor(self, f: FaceBox, small: np.ndarray) -> tuple[float, float, float, np.ndarray, np.ndarray]:
         """Crop geometry and template for a detection, snapped to the tracking grid."""
         side = CROP_EXPAND * max(f.w, f.h)
-        cx, cy = f.x + f.w / 2, f.y + f.h / 2
-        s = self._scale
-        tx0, ty0 = int(round((cx - side / 2) * s)), int(round((cy - side / 2) * s))
-        tside = max(8, int(round(side * s)))
+        tx0, ty0, tside = self._grid(f.x + f.w / 2, f.y + f.h / 2, side)
         template = self._cut(small, tx0, ty0, tside)
+        s = self._scale
         cx, cy, side = (tx0 + tside / 2) / s, (ty0 + tside / 2) / s, tside / s
         lm = f.landmarks - np.array([cx - side / 2, cy - side / 2], dtype=np.float32)
         return cx, cy, side, template, lm
@@ -230,6 +228,7 @@ class FaceTracker:
             self._tracks.remove(t)
 
     def _grid(self, cx: float, cy: float, side: float) -> tuple[int, int, int]:
+        """A crop square (centre, side in frame pixels) as (x0, y0, side) on the tracking-scale pixel grid."""
         s = self._scale
         return int(round((cx - side / 2) * s)), int(round((cy - side / 2) * s)), max(8, int(round(side * s)))
 
