@@ -251,7 +251,7 @@ class FaceTracker:
         t.cy = (y0 + fy + th / 2) / s
         return float(score)
 
-    def _views(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    def _views(self, rgb: np.ndarray, region: bool = True) -> tuple[np.ndarray, np.ndarray, bool]:
         """(gray, small, full): the grayscale frame and its tracking-scale copy.
 
         On ordinary tracking frames only the region around the tracks' search areas is converted and downscaled (the
@@ -262,7 +262,7 @@ class FaceTracker:
         inv = 1.0 / s
         f = int(round(inv))
         active = [t for t in self._tracks if t.lost_at is None]
-        if s < 1 and active and abs(inv - f) < 1e-9 and w % f == 0 and h % f == 0:
+        if region and s < 1 and active and abs(inv - f) < 1e-9 and w % f == 0 and h % f == 0:
             pad = 2 * f + 2
             x0 = min(t.cx - t.side / 2 - (self.search_margin * t.side + pad) for t in active)
             y0 = min(t.cy - t.side / 2 - (self.search_margin * t.side + pad) for t in active)
@@ -303,10 +303,7 @@ class FaceTracker:
             or (len(active) < len(self._tracks) and since >= self.retry_every)
         ):
             if not full:  # detection may start tracks anywhere: it needs the whole frame
-                self._scale = min(1.0, self.track_max_side / max(h, w))
-                gray, small = cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY), None
-                small = (cv2.resize(gray, (round(w * self._scale), round(h * self._scale)),
-                                    interpolation=cv2.INTER_AREA) if self._scale < 1 else gray)
+                gray, small, full = self._views(frame.image, region=False)
             self._detect(frame, small)
         # merge tracks that converged on one face (keep the older id)
         active = sorted((t for t in self._tracks if t.lost_at is None), key=lambda t: int(t.face_id[4:]))
