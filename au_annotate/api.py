@@ -20,7 +20,7 @@ import numpy as np
 from au_annotate import __version__
 from au_annotate.aus import AUDecoder
 from au_annotate.discover import DiscoverError, discover
-from au_annotate.engines import get_engine
+from au_annotate.engines import EngineError, get_engine
 from au_annotate.face import parse_faces
 from au_annotate.manifest import Manifest, _now, output_key, segments_from_csv, sweep_temporaries
 from au_annotate.pipeline import VideoFailure, VideoWork
@@ -114,6 +114,9 @@ def annotate(
 
     Raises DiscoverError (missing input / no videos), OutputError (unwritable output) or AnnotateError (weights, rules,
     formats) before any video is touched; per-video problems are recorded in the report instead."""
+    from au_annotate.infer import InferenceError
+    from au_annotate.rules import RulesError
+    from au_annotate.weights import WeightsError
     from au_annotate.writers import WriteContext, get_writers, write_combined_csv, write_video_outputs
 
     settings = settings or DEFAULTS
@@ -136,12 +139,8 @@ def annotate(
             raise AnnotateError(f"{model.name}: the model was trained on '{model.input_layout}' flow pictures, not "
                                 f"'{settings.input_layout}': use --input-layout {model.input_layout} or other weights")
         engine = get_engine(settings.engine, **_engine_options(settings))
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, WeightsError, RulesError, InferenceError, EngineError) as e:
         raise AnnotateError(str(e)) from None
-    except Exception as e:
-        if type(e).__name__ in ("WeightsError", "RulesError", "InferenceError", "EngineError"):
-            raise AnnotateError(str(e)) from None
-        raise
     ctx = WriteContext(tool_version=__version__, model_name=model.name, model_sha256=model.sha256,
                        settings=settings.as_dict(), au_tiers=settings.au_tiers, au_names=model.decoder.au_names)
     manifest = Manifest.load(out)
