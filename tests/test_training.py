@@ -316,3 +316,10 @@ def test_shipped_checkpoint_matches_its_model_card() -> None:
             rows.setdefault(line.split("|")[1].strip(), line)
     for r in report["tables"]["htnet"]:  # the card's LOSO table is the checkpoint's report
         assert rows[r["au"]].startswith(f"| {r['au']} | {r['support']} |") and f"**{r['f1']:.2f}**" in rows[r["au"]]
+
+
+def test_cli_help_defaults_match_the_recipe_defaults() -> None:
+    from au_annotate.cli.train import HELP_DEFAULTS
+
+    defaults = TrainConfig()
+    assert {"epochs": defaults.epochs, "lr": defaults.lr, "seed": defaults.seed} == HELP_DEFAULTS

@@ -7,22 +7,20 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from au_annotate.training.data import AUDataset, DatasetError, load_dataset
-from au_annotate.training.evaluate import FREQUENT, METHODS, EvalReport, EvaluationError, evaluate
-from au_annotate.training.train import (
-    TrainConfig,
-    TrainConfigError,
-    load_train_config,
-    train_checkpoint,
-    with_overrides,
-)
+if TYPE_CHECKING:  # the training stack (torch, sklearn) is imported by the commands, not by `au-annotate --help`
+    from au_annotate.training.data import AUDataset
+    from au_annotate.training.evaluate import EvalReport
+    from au_annotate.training.train import TrainConfig
+
+# Defaults quoted in the help texts; tests/test_training.py checks they equal TrainConfig's.
+HELP_DEFAULTS = {"epochs": 100, "lr": 0.001, "seed": 0}
 
 
 def _recipe_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -30,12 +28,12 @@ def _recipe_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="TOML recipe (keys of TrainConfig; [model] table for HTNet options)."),
-        click.option("--epochs", type=click.IntRange(min=1), default=None, help=f"Default {TrainConfig.epochs}."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None, help=f"Default {HELP_DEFAULTS['epochs']}."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help=f"Adam learning rate. Default {TrainConfig.lr}."),
+                     help=f"Adam learning rate. Default {HELP_DEFAULTS['lr']}."),
         click.option("--weight-decay", type=click.FloatRange(min=0), default=None),
         click.option("--batch-size", type=click.IntRange(min=1), default=None),
-        click.option("--seed", type=int, default=None, help=f"Default {TrainConfig.seed}."),
+        click.option("--seed", type=int, default=None, help=f"Default {HELP_DEFAULTS['seed']}."),
         click.option("--pos-weight", default=None, metavar="none|balanced|X",
                      help="BCE positive weight per AU: none, balanced (neg/pos, capped) or a number."),
         click.option("--label-smoothing", type=click.FloatRange(0, 0.5, max_open=True), default=None),
@@ -57,6 +55,8 @@ def _recipe_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _recipe(config_path: Path | None, **overrides: Any) -> TrainConfig:
     """CLI > config file > defaults."""
+    from au_annotate.training.train import TrainConfig, TrainConfigError, load_train_config, with_overrides
+
     try:
         base = load_train_config(config_path) if config_path is not None else TrainConfig()
         return with_overrides(base, **overrides)
@@ -73,6 +73,8 @@ def _console() -> Console:
 
 
 def _load(data: Path, console: Console) -> AUDataset:
+    from au_annotate.training.data import DatasetError, load_dataset
+
     try:
         ds = load_dataset(data)
     except DatasetError as exc:
@@ -110,6 +112,8 @@ def _f(v: float) -> str:
 
 
 def _table(report: EvalReport) -> Table:
+    from au_annotate.training.evaluate import FREQUENT, METHODS
+
     """Per-AU rows: HTNet metrics, then the F1 of both baselines; macro rows last."""
     t = Table(title=f"{report.protocol} ({report.n_folds} folds), pooled held-out predictions")
     t.caption = "pos = positives; AP = all-positive baseline; LR = logistic regression on pixels; rel = reliable"
@@ -145,6 +149,8 @@ def evaluate_cmd(data: Path, protocol: str, folds: int, output: Path | None, job
 
     Thresholds are chosen per AU inside each training fold (inner group-k-fold), never on the held-out subject.
     """
+    from au_annotate.training.evaluate import EvaluationError, evaluate
+
     console = _console()
     cfg = _recipe(config_path, **overrides)
     ds = _load(data, console)
@@ -179,6 +185,10 @@ def evaluate_cmd(data: Path, protocol: str, folds: int, output: Path | None, job
 @_recipe_options
 def train_cmd(data: Path, output: Path, eval_report: Path | None, config_path: Path | None, **overrides: Any) -> None:
     """Train HTNet on every sample and write a checkpoint (thresholds by inner group-k-fold on the training data)."""
+    from au_annotate.training.data import DatasetError
+    from au_annotate.training.evaluate import FREQUENT
+    from au_annotate.training.train import TrainConfigError, train_checkpoint
+
     console = _console()
     cfg = _recipe(config_path, **overrides)
     ds = _load(data, console)
