@@ -18,6 +18,7 @@ from au_annotate.records import AlignedFace, FaceBox, Frame
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 DETECT_MAX_SIDE = 640  # detection runs on a copy downscaled to this longest side (MTCNN cost grows with pixels)
+DETECT_RETRY_MAX_SIDE = 1600  # ... and once more at up to this size when nothing was found (small faces in big frames)
 MIN_RELATIVE_FACE = 0.35  # a face is tracked only if at least this fraction of the largest face in the same frame
 CROP_EXPAND = 1.15  # crop side = CROP_EXPAND * max(box w, h): the whole face with a little margin, like the seed's box
 
@@ -31,11 +32,26 @@ class FaceDetector:
         self._min_face = min_face_size
         self._min_conf = min_confidence
         self._mtcnn = MTCNN(min_face_size=20)
+        self._misses = 0  # detections that found nothing at the small size
+        self._small_faces = False  # the large pass found faces the small one missed: keep using it
 
     def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        """Faces in an RGB uint8 image, in its pixel coordinates, largest first."""
+        """Faces in an RGB uint8 image, in its pixel coordinates, largest first.
+
+        Runs on a copy downscaled to 640 px (cheap); when that finds nothing in a larger frame, once more at up to
+        1600 px, so a small face in a 4K wide shot (which shrinks below MTCNN's 12-px minimum at 640) is still found."""
+        faces = self._detect_at(rgb, DETECT_MAX_SIDE)
+        if not faces and max(rgb.shape[:2]) > DETECT_MAX_SIDE:
+            # the large pass costs ~10x the small one: on every 4th miss only, unless it already proved necessary
+            self._misses += 1
+            if self._small_faces or self._misses % 4 == 1:
+                faces = self._detect_at(rgb, DETECT_RETRY_MAX_SIDE)
+                self._small_faces = self._small_faces or bool(faces)
+        return faces
+
+    def _detect_at(self, rgb: np.ndarray, max_side: int) -> list[FaceBox]:
         h, w = rgb.shape[:2]
-        scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
+        scale = min(1.0, max_side / max(h, w))
         img = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else rgb
         self._mtcnn.min_face_size = max(20, int(self._min_face * scale))
         faces = []

@@ -162,3 +162,19 @@ def test_farneback_sees_a_real_shift_and_input_is_float_nchw() -> None:
     x = images_to_input(pic[None])
     assert x.shape == (1, 3, 28, 28) and x.dtype == np.float32 and x.min() >= 0.0 and x.max() <= 1.0
     assert np.allclose(x[0, 0], pic[..., 0] / 255.0)
+
+
+def test_small_face_in_a_4k_frame_is_found() -> None:
+    """A ~50x70 px face in a 3840x2160 frame shrinks below MTCNN's reach at 640 px; the larger retry finds it."""
+    from skimage import data
+
+    from au_annotate.face import FaceDetector
+
+    frame = np.full((2160, 3840, 3), 110, np.uint8)
+    frame[1000:1120, 2000:2090] = cv2.resize(data.astronaut()[30:230, 150:300], (90, 120))
+    detector = FaceDetector()
+    assert detector._detect_at(frame, 640) == []  # the cheap pass alone misses it
+    faces = detector.detect(frame)
+    assert len(faces) == 1
+    f = faces[0]
+    assert 1990 < f.x < 2060 and 990 < f.y < 1080 and 40 < f.h < 100
