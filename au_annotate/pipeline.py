@@ -203,12 +203,12 @@ def process_video(
                     times.spot += time.perf_counter() - t2
                     emit(windows, state, last_pts)
                     t2 = time.perf_counter()
+            times.spot += time.perf_counter() - t2
             if len(tracks) > len(present):
                 alive = tracker.track_ids()
                 for face_id in [f for f in tracks if f not in alive]:  # forgotten by the tracker: finish and drop
                     state = tracks.pop(face_id)
-                    emit(state.spotter.flush(), state, last_pts)
-            times.spot += time.perf_counter() - t2
+                    emit(state.spotter.flush(), state, last_pts)  # flow time is counted by emit itself
             pending += 1
             if on_frames and pending >= 25:
                 on_frames(pending)
