@@ -258,8 +258,9 @@ class OpenCVStream(VideoStream):
             if not np.isfinite(t) or t <= last_t:
                 t = last_t + 1.0 / fps if last_t >= 0 else i / fps  # containers without timestamps: nominal rate
             last_t = t
-            rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB if img.ndim == 2 else cv2.COLOR_BGR2RGB)
-            yield Frame(index=i, pts_s=t, image=rgb)
+            if img.ndim == 2:
+                img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+            yield Frame(index=i, pts_s=t, image=img, order="bgr")  # as decoded: stages convert the parts they use
             i += 1
 
     def close(self) -> None:

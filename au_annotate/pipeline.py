@@ -132,7 +132,7 @@ def process_video(
         tracker = FaceTracker(
             fps,
             crop_size=settings.crop_size,
-            track_max_side=settings.track_max_side,
+            template_px=settings.track_template_px,
             search_margin=settings.search_margin,
             redetect_below=settings.redetect_below,
             redetect_every_s=settings.redetect_every_s,

@@ -45,11 +45,23 @@ class VideoInfo:
 
 @dataclass(frozen=True, eq=False)
 class Frame:
-    """One decoded frame: 0-based index, presentation time in seconds, RGB uint8 image (H, W, 3)."""
+    """One decoded frame: 0-based index, presentation time in seconds, uint8 image (H, W, 3) in `order` channel order.
+
+    OpenCV decodes to BGR; converting every frame to RGB would cost ~0.4 ms at 720p for nothing, since the face stage
+    needs gray for most of each frame and RGB only for the small detection copy. Stages convert what they use."""
 
     index: int
     pts_s: float
     image: np.ndarray
+    order: str = "rgb"  # "rgb" | "bgr"
+
+    def rgb(self) -> np.ndarray:
+        """The image in RGB order (a converted copy for BGR frames)."""
+        if self.order == "rgb":
+            return self.image
+        import cv2
+
+        return cv2.cvtColor(self.image, cv2.COLOR_BGR2RGB)
 
 
 @dataclass(frozen=True, eq=False)

@@ -26,7 +26,7 @@ class Settings:
     decoder: str = "auto"  # auto | decord | opencv
     # face
     crop_size: int = 224  # aligned crop side (the seed's 224x224)
-    track_max_side: int = 320  # template matching runs on frames downscaled to this longest side
+    track_template_px: int = 64  # template matching runs on each face downscaled (integer factor) to about this side
     search_margin: float = 0.25  # search area around the last position, as a fraction of the face size
     redetect_below: float = 0.55  # re-detect when the TM_CCOEFF_NORMED match score drops below this
     redetect_every_s: float = 10.0  # also re-detect periodically to refresh the template (0 = never)

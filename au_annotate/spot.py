@@ -79,11 +79,12 @@ class SpotConfig:
     flow_size: int = 128  # crops are downscaled to this side for the spotting flow
     dis_preset: str = "ultrafast"  # DIS preset: ultrafast | fast | medium
     dis_finest_scale: int = 1  # DIS finest pyramid level (0 = full flow_size; the ultrafast preset's own is 2: too coarse)
+    dis_patch_stride: int = 0  # DIS patch stride in pixels (0 = the preset's: 4 for ultrafast)
     k_s: float = 0.2  # frame-k-back distance for micro-expressions (about half a micro-expression)
     macro_k_s: float = 0.8  # frame-K-back distance for macro-expressions (0 disables the macro detector)
     smooth_s: float = 0.04  # temporal smoothing of the region motion (centred moving average)
     micro_rate: float = 100.0  # the micro signal is computed on about this many frames per second (every frame below)
-    macro_rate: float = 15.0  # same for the macro signal
+    macro_rate: float = 10.0  # same for the macro signal
     top_fraction: float = 0.3  # mean of this fraction of the strongest vectors per region
     p: float = 4.0  # threshold: score > p * noise level of the region (micro detector)
     macro_p: float = 6.0  # same for the macro detector
@@ -384,6 +385,8 @@ class RoiFlowSpotter:
         # the detector delay, and the warm-up at the start of the stream
         self._dis = cv2.DISOpticalFlow.create(_DIS_PRESETS[cfg.dis_preset])
         self._dis.setFinestScale(int(cfg.dis_finest_scale))
+        if cfg.dis_patch_stride > 0:
+            self._dis.setPatchStride(int(cfg.dis_patch_stride))
         self._roi_cache: dict[bytes, _Geometry] = {}
         self._newest = -1
         self._emitted: list[Window] = []  # recent windows, to resolve micro/macro overlaps (bounded below)

@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto: h264 when the ffmpeg program is present, else mp4v")
     ap.add_argument("--decoder", default="auto", help="decode backend (auto | decord | opencv)")
     ap.add_argument("--spot", default="{}", help="JSON overrides of SpotConfig fields, e.g. '{\"p\": 6}'")
+    ap.add_argument("--settings", default="{}",
+                    help="JSON overrides of other Settings fields, e.g. '{\"track_template_px\": 96}'")
     ap.add_argument("--only", default=None, help="comma-separated sets to run (30fps, 200fps, distractors)")
     ap.add_argument("-o", "--output", type=Path, default=None, help="write all numbers as JSON")
     args = ap.parse_args(argv)
@@ -161,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="au-spot-bench-")
         workdir = Path(tmp.name)
     workdir.mkdir(parents=True, exist_ok=True)
-    settings = Settings(decoder=args.decoder, spot=spot_overrides, faces="largest")
+    # blinks labelled (not dropped) so they can be counted; they are left out of the scored predictions, as the
+    # product leaves them out of its outputs by default
+    settings = Settings(decoder=args.decoder, spot={"blinks": "label", **spot_overrides}, faces="largest",
+                        **json.loads(args.settings))
     specs = clip_specs(args.quick)
     if args.only:
         wanted = set(args.only.split(","))
@@ -194,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 work = process_video(job, settings)
                 wall = time.perf_counter() - t0
                 windows = [s.window for s in work.samples]
-                write_segments(pred_dir / f"{video.path.stem}.segments.csv", str(rel), windows)
+                write_segments(pred_dir / f"{video.path.stem}.segments.csv", str(rel),
+                               [w for w in windows if w.kind != "blink"])
                 dec_s, n_dec = decode_only(video.path, args.decoder)
                 frames += work.frames
                 times["decode_wait"] += work.times.decode

@@ -216,7 +216,7 @@ def test_rotated_video_frames_are_upright_in_both_backends(corpus: Corpus, backe
     reference = np.frombuffer(raw, np.uint8).reshape(240, 320, 3)  # ffmpeg applies the display matrix
     with open_video(corpus.files["rotated.mp4"], backend) as stream:
         assert (stream.info.width, stream.info.height) == (320, 240)
-        first = next(iter(stream)).image
+        first = next(iter(stream)).rgb()
     assert first.shape == (240, 320, 3)
     assert np.abs(first.astype(int) - reference).mean() < 3.0
 
@@ -227,7 +227,7 @@ def test_decord_rotation_guard_turns_unrotated_frames(corpus: Corpus) -> None:
 
     _need(corpus, "rotated.mp4")
     with open_video(corpus.files["rotated.mp4"], "opencv") as stream:
-        upright = next(iter(stream)).image
+        upright = next(iter(stream)).rgb()
 
     class Sideways:
         def __getitem__(self, i: int):

@@ -67,15 +67,15 @@ def test_decode_streams_frames_with_times(tmp_path: Path, backend: str) -> None:
     assert np.allclose([f.pts_s for f in frames], np.arange(12) / 25.0, atol=1e-3)
     assert frames[0].image.shape == (48, 64, 3) and frames[0].image.dtype == np.uint8
     # content is in order: the bright band grows by 4 px per frame
-    widths = [int((f.image[24, :, 0] > 100).sum()) for f in frames]
+    widths = [int((f.rgb()[24, :, 0] > 100).sum()) for f in frames]
     assert widths == sorted(widths) and widths[0] < widths[-1]
 
 
 def test_decode_backends_agree(tmp_path: Path) -> None:
     p = tmp_path / "c.mp4"
     _write_clip(p)
-    a = [f.image for f in open_video(p, "decord")]
-    b = [f.image for f in open_video(p, "opencv")]
+    a = [f.rgb() for f in open_video(p, "decord")]
+    b = [f.rgb() for f in open_video(p, "opencv")]
     assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
@@ -110,6 +110,46 @@ def test_alignment_residual_motion_under_one_pixel() -> None:
     assert max(residual) < 1.0, residual
     # without alignment the same frames would have moved by up to 13 px in frame pixels
     assert np.hypot(0.37 * 29, 0.23 * 29) > 10
+
+
+@pytest.mark.parametrize(("size", "zoom", "step"), [((1280, 720), 3.0, (0.61, -0.37)), ((1920, 1080), 4.0, (1.1, -0.7))])
+def test_alignment_holds_for_large_faces(size: tuple[int, int], zoom: float, step: tuple[float, float]) -> None:
+    """Big faces are matched on a ~64-px template (an integer area reduction), yet the crops stay sub-pixel aligned."""
+    from skimage import data
+    from skimage.registration import phase_cross_correlation
+
+    from au_annotate.face import FaceTracker
+
+    big = cv2.resize(data.astronaut(), (int(512 * zoom),) * 2, interpolation=cv2.INTER_CUBIC)
+    tracker = FaceTracker(30.0)
+    crops = []
+    for i in range(20):
+        m = np.float32([[1, 0, -50 * zoom + step[0] * i], [0, 1, -25 * zoom + step[1] * i]])
+        img = cv2.warpAffine(big, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        face = tracker.process(Frame(i, i / 30, img))
+        assert face is not None
+        crops.append(face.crop.astype(np.float32))
+    track = tracker._tracks[0]  # noqa: SLF001 - the tracking scale is the point of this test
+    assert track.factor >= 3 and 40 <= track.template.shape[0] <= 100
+    assert tracker.detections == 1
+    residual = [np.hypot(*phase_cross_correlation(crops[0], c, upsample_factor=20)[0]) for c in crops[1:]]
+    assert max(residual) < 0.5, residual
+
+
+def test_tracker_gives_the_same_crops_for_bgr_and_rgb_frames() -> None:
+    """OpenCV frames stay BGR (no per-frame conversion); the face stage converts what it reads, so results match."""
+    from skimage import data
+
+    from au_annotate.face import FaceTracker
+
+    rgb = cv2.resize(data.astronaut(), (640, 640), interpolation=cv2.INTER_CUBIC)[:480]
+    a, b = FaceTracker(30.0), FaceTracker(30.0)
+    for i in range(3):
+        img = np.roll(rgb, i, axis=1)
+        fa = a.process(Frame(i, i / 30, img))
+        fb = b.process(Frame(i, i / 30, np.ascontiguousarray(img[..., ::-1]), order="bgr"))
+        assert fa is not None and fb is not None
+        assert np.array_equal(fa.crop, fb.crop) and np.allclose(fa.landmarks, fb.landmarks)
 
 
 def test_tracker_reports_no_face_without_crashing() -> None:
