@@ -238,8 +238,7 @@ class FaceTracker:
             best, best_score = None, 0.0
             for t in lost:
                 near = np.hypot(cx - t.cx, cy - t.cy) < 0.75 * max(side, t.side)
-                x0, y0, tside, tfac = self._geometry(cx, cy, side)
-                similar = self._appearance(t.template, self._small_cut(gray, x0, y0, tside, tfac))
+                similar = self._appearance(t.template, template)  # the new face's own template is its small cut
                 score = similar + (0.5 if near else 0.0)
                 if (near or similar > 0.6) and score > best_score:
                     best, best_score = t, score
@@ -302,11 +301,14 @@ class FaceTracker:
         h, w = img.shape[:2]
         active = [t for t in self._tracks if t.lost_at is None]
         if region and active:
-            x0 = min(int(round(t.cx - t.side / 2)) - self._margin(t) for t in active)
-            y0 = min(int(round(t.cy - t.side / 2)) - self._margin(t) for t in active)
-            x1 = max(int(round(t.cx + t.side / 2)) + self._margin(t) + t.factor + 2 for t in active)
-            y1 = max(int(round(t.cy + t.side / 2)) + self._margin(t) + t.factor + 2 for t in active)
-            x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+            areas = []  # each track's search area (+ rounding slack), as _match will cut it
+            for t in active:
+                m = self._margin(t)
+                areas.append((int(round(t.cx - t.side / 2)) - m, int(round(t.cy - t.side / 2)) - m,
+                              int(round(t.cx + t.side / 2)) + m + t.factor + 2,
+                              int(round(t.cy + t.side / 2)) + m + t.factor + 2))
+            x0, y0 = max(0, min(a[0] for a in areas)), max(0, min(a[1] for a in areas))
+            x1, y1 = min(w, max(a[2] for a in areas)), min(h, max(a[3] for a in areas))
             if x1 > x0 and y1 > y0 and (x1 - x0) * (y1 - y0) < 0.7 * w * h:
                 gray = np.empty((h, w), np.uint8)
                 gray[y0:y1, x0:x1] = cv2.cvtColor(img[y0:y1, x0:x1], code)
