@@ -1,8 +1,11 @@
 """Decode videos as a stream of frames with true presentation times.
 
 Backends share one small interface (`open_video(path, backend)` -> `VideoStream`, iterate for `Frame`s in order);
-`decord` is the default, OpenCV `VideoCapture` the fallback. Frames are read strictly sequentially (no `seek`: decord's
-seek lands on keyframes), converted to RGB uint8, and time-stamped from the container (variable frame rate safe).
+OpenCV `VideoCapture` is the default (`auto`), decord the fallback. Frames are read strictly sequentially (no `seek`:
+decord's seek lands on keyframes) and time-stamped from the container (variable frame rate safe). Colour frames come as
+the backend decodes them (OpenCV BGR, decord RGB; `Frame.order` says which). With `gray=True` the OpenCV backend hands
+over the luma plane only (`CAP_PROP_CONVERT_RGB` off: no YUV -> BGR conversion, a third of the bytes), mapped to the
+values a BGR -> gray conversion gives, after checking on the first frame that this file's pixel format allows it.
 A bounded prefetch thread overlaps decoding with the rest of the pipeline without holding the video in memory.
 """
 
@@ -19,12 +22,14 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from au_annotate.records import Frame, VideoInfo
 
 BACKENDS = ("decord", "opencv")
+T = TypeVar("T")
 log = logging.getLogger("au_annotate")
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # OpenCV's FFmpeg: silent; we report problems ourselves
@@ -211,9 +216,12 @@ class DecordStream(VideoStream):
 
 
 class OpenCVStream(VideoStream):
-    """cv2.VideoCapture read sequentially; times from CAP_PROP_POS_MSEC (the frame's own timestamp)."""
+    """cv2.VideoCapture read sequentially; times from CAP_PROP_POS_MSEC (the frame's own timestamp).
 
-    def __init__(self, path: Path) -> None:
+    `gray=True` asks for luma-only frames (order "gray"); the stream falls back to colour when the file's pixel format
+    does not decode to a plain 8-bit luma plane (10-bit, RGB or palette video): `self.gray` says what it delivers."""
+
+    def __init__(self, path: Path, gray: bool = False) -> None:
         import cv2
 
         self._cv2 = cv2
@@ -232,8 +240,15 @@ class OpenCVStream(VideoStream):
             raise DecodeError(f"{path}: no video stream")
         self._cap = cap
         self._path = path
+        self._lut: np.ndarray | None = None
+        self.gray = False
+        if gray:
+            mapping = _luma_mapping(path)
+            if mapping is not None and cap.set(cv2.CAP_PROP_CONVERT_RGB, 0):
+                self.gray = True
+                self._lut = None if mapping == "full" else _LIMITED_TO_FULL
         self.info = VideoInfo(path=path, backend="opencv", width=width, height=height, fps=fps if fps > 0 else 30.0,
-                              n_frames=n, duration_s=n / fps if fps > 0 else 0.0)
+                              n_frames=n, duration_s=n / fps if fps > 0 else 0.0, pixels="gray" if self.gray else "color")
 
     def __iter__(self) -> Iterator[Frame]:
         return self.frames(warn=True)
@@ -258,15 +273,53 @@ class OpenCVStream(VideoStream):
             if not np.isfinite(t) or t <= last_t:
                 t = last_t + 1.0 / fps if last_t >= 0 else i / fps  # containers without timestamps: nominal rate
             last_t = t
-            if img.ndim == 2:
-                img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-            yield Frame(index=i, pts_s=t, image=img, order="bgr")  # as decoded: stages convert the parts they use
+            if self.gray:
+                if img.ndim != 2:  # the backend ignored CONVERT_RGB after all
+                    img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+                elif self._lut is not None:
+                    img = cv2.LUT(img, self._lut)  # limited-range luma (16..235) -> the 0..255 gray of a BGR decode
+                yield Frame(index=i, pts_s=t, image=img, order="gray")
+            else:
+                if img.ndim == 2:
+                    img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+                yield Frame(index=i, pts_s=t, image=img, order="bgr")  # as decoded: stages convert the parts they use
             i += 1
 
     def close(self) -> None:
         if getattr(self, "_cap", None) is not None:
             self._cap.release()
             self._cap = None
+
+
+# Video luma is usually "limited range" (16..235); a BGR decode stretches it to 0..255, and so does this table.
+_LIMITED_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
+
+
+def _luma_mapping(path: Path) -> str | None:
+    """"full" or "limited": how this file's luma plane relates to the gray of its BGR decode; None when OpenCV's
+    luma-only output is not a plain 8-bit luma plane for this pixel format (then decode in colour).
+
+    OpenCV documents CONVERT_RGB=0 for FFmpeg as "at your own risk": it returns the first plane of the decoder's native
+    format as 8-bit, which is the luma for 8-bit YUV (almost all video) and garbage for 10-bit or packed RGB. So the
+    first frame is decoded both ways and compared: the median error must be under 2 grey levels."""
+    import cv2
+
+    ref_cap, luma_cap = cv2.VideoCapture(str(path)), cv2.VideoCapture(str(path))
+    try:
+        if not luma_cap.set(cv2.CAP_PROP_CONVERT_RGB, 0):
+            return None
+        ok_a, bgr = ref_cap.read()
+        ok_b, y = luma_cap.read()
+    finally:
+        ref_cap.release()
+        luma_cap.release()
+    if not ok_a or not ok_b or bgr is None or y is None or y.ndim != 2 or bgr.ndim != 3 or y.shape != bgr.shape[:2]:
+        return None
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).astype(np.int16)
+    errors = {name: float(np.median(np.abs(lut[y].astype(np.int16) - gray)))
+              for name, lut in (("full", np.arange(256, dtype=np.uint8)), ("limited", _LIMITED_TO_FULL))}
+    best = min(errors, key=lambda k: errors[k])
+    return best if errors[best] < 2.0 else None
 
 
 def _warn_short(path: Path, decoded: int, expected: int, cause: str) -> None:
@@ -304,8 +357,11 @@ def _decord_turns(path: Path, vr: object) -> int:
     return min(errors, key=lambda k: errors[k]) if errors else 0
 
 
-def open_video(path: str | Path, backend: str = "auto") -> VideoStream:
+def open_video(path: str | Path, backend: str = "auto", *, gray: bool = False) -> VideoStream:
     """Open a video with the named backend, or with `auto`: OpenCV first, decord when OpenCV cannot open it.
+
+    `gray=True`: the OpenCV backend delivers luma-only frames where the file allows (see OpenCVStream); decord always
+    decodes colour.
 
     OpenCV first because decord decodes ahead of a slower consumer without bound (dmlc/decord#157, #304): on a long
     video its decoded frames pile up in memory (measured: +2.9 MB per 720p frame), which breaks "memory independent of
@@ -322,9 +378,9 @@ def open_video(path: str | Path, backend: str = "auto") -> VideoStream:
     if backend == "decord":
         return DecordStream(path)
     if backend == "opencv":
-        return OpenCVStream(path)
+        return OpenCVStream(path, gray=gray)
     try:
-        return OpenCVStream(path)
+        return OpenCVStream(path, gray=gray)
     except DecodeError:
         return DecordStream(path)  # decord's one-line reason is the more telling one when neither can open the file
 
@@ -332,8 +388,11 @@ def open_video(path: str | Path, backend: str = "auto") -> VideoStream:
 _END = object()
 
 
-def prefetch(frames: Iterator[Frame], maxsize: int = 16) -> Iterator[Frame]:
-    """Decode ahead in a thread with a bounded queue (at most `maxsize` frames in memory); errors re-raise here."""
+def prefetch(frames: Iterator[T], maxsize: int = 16, name: str = "au-annotate-decode") -> Iterator[T]:
+    """Run an iterator ahead in a thread with a bounded queue (at most `maxsize` items in memory); errors re-raise here.
+
+    Used for decoding, and for a pipeline stage over decoded frames (prefetch of a generator that reads a prefetch):
+    closing the outer one stops and joins both threads."""
     q: queue.Queue[object] = queue.Queue(maxsize=maxsize)
     stop = threading.Event()
 
@@ -351,8 +410,12 @@ def prefetch(frames: Iterator[Frame], maxsize: int = 16) -> Iterator[Frame]:
             q.put(_END)
         except BaseException as e:  # handed to the consumer
             q.put(e)
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:  # a generator (e.g. a stage over an inner prefetch): stop its threads here, now
+                close()
 
-    t = threading.Thread(target=worker, name="au-annotate-decode", daemon=True)
+    t = threading.Thread(target=worker, name=name, daemon=True)
     t.start()
     try:
         while True:

@@ -36,7 +36,9 @@ class FaceDetector:
         self._small_faces = False  # the large pass found faces the small one missed: keep using it
 
     def detect(self, image: np.ndarray, order: str = "rgb") -> list[FaceBox]:
-        """Faces in a uint8 colour image (`order` "rgb" or "bgr"), in its pixel coordinates, largest first.
+        """Faces in a uint8 image (`order` "rgb", "bgr" or "gray"), in its pixel coordinates, largest first.
+
+        Gray images are fed to MTCNN as three equal channels (the way the seed ran it on SAMM, a grayscale dataset).
 
         Runs on a copy downscaled to 640 px (cheap); when that finds nothing in a larger frame, once more at up to
         1600 px, so a small face in a 4K wide shot (which shrinks below MTCNN's 12-px minimum at 640) is still found."""
@@ -53,8 +55,8 @@ class FaceDetector:
         h, w = image.shape[:2]
         scale = min(1.0, max_side / max(h, w))
         img = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else image
-        if order == "bgr":  # MTCNN wants RGB: convert the small copy only
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        if order == "bgr" or img.ndim == 2:  # MTCNN wants RGB: convert the small copy only
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB if img.ndim == 2 else cv2.COLOR_BGR2RGB)
         self._mtcnn.min_face_size = max(20, int(self._min_face * scale))
         faces = []
         for r in self._mtcnn.detect_faces(np.ascontiguousarray(img)):
@@ -297,6 +299,8 @@ class FaceTracker:
         On ordinary tracking frames only the union of the tracks' search areas is converted (the rest of the returned
         array is uninitialised and never read): on a 720p interview that is a third of the frame."""
         img = frame.image
+        if frame.order == "gray":
+            return img, True
         code = cv2.COLOR_BGR2GRAY if frame.order == "bgr" else cv2.COLOR_RGB2GRAY
         h, w = img.shape[:2]
         active = [t for t in self._tracks if t.lost_at is None]

@@ -41,27 +41,38 @@ class VideoInfo:
     fps: float  # nominal/average frame rate; per-frame times are in Frame.pts_s
     n_frames: int  # container's frame count (an estimate for some containers)
     duration_s: float
+    pixels: str = "color"  # "color" | "gray" (luma-only decoding)
 
 
 @dataclass(frozen=True, eq=False)
 class Frame:
-    """One decoded frame: 0-based index, presentation time in seconds, uint8 image (H, W, 3) in `order` channel order.
+    """One decoded frame: 0-based index, presentation time in seconds, uint8 image in `order`: (H, W, 3) "rgb" or
+    "bgr", or (H, W) "gray".
 
-    OpenCV decodes to BGR; converting every frame to RGB would cost ~0.4 ms at 720p for nothing, since the face stage
-    needs gray for most of each frame and RGB only for the small detection copy. Stages convert what they use."""
+    Stages convert only what they use: OpenCV decodes to BGR, and converting every frame to RGB would cost ~0.4 ms at
+    720p for nothing, since the face stage needs gray for most of each frame and RGB only for the small detection copy.
+    The pipeline asks for gray (luma-only decoding), which skips the YUV -> BGR conversion altogether."""
 
     index: int
     pts_s: float
     image: np.ndarray
-    order: str = "rgb"  # "rgb" | "bgr"
+    order: str = "rgb"  # "rgb" | "bgr" | "gray"
 
     def rgb(self) -> np.ndarray:
-        """The image in RGB order (a converted copy for BGR frames)."""
+        """The image in RGB order (a converted copy for BGR and gray frames)."""
         if self.order == "rgb":
             return self.image
         import cv2
 
-        return cv2.cvtColor(self.image, cv2.COLOR_BGR2RGB)
+        return cv2.cvtColor(self.image, cv2.COLOR_GRAY2RGB if self.order == "gray" else cv2.COLOR_BGR2RGB)
+
+    def gray(self) -> np.ndarray:
+        """The image in grayscale (the frame itself for gray frames)."""
+        if self.order == "gray":
+            return self.image
+        import cv2
+
+        return cv2.cvtColor(self.image, cv2.COLOR_BGR2GRAY if self.order == "bgr" else cv2.COLOR_RGB2GRAY)
 
 
 @dataclass(frozen=True, eq=False)

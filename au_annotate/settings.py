@@ -24,6 +24,7 @@ class Settings:
     recursive: bool = True
     # decode
     decoder: str = "auto"  # auto | decord | opencv
+    luma: bool = True  # decode only the luma plane where the backend can (OpenCV): every stage works in gray
     # face
     crop_size: int = 224  # aligned crop side (the seed's 224x224)
     track_template_px: int = 64  # template matching runs on each face downscaled (integer factor) to about this side

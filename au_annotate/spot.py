@@ -428,7 +428,9 @@ class RoiFlowSpotter:
                 slice(int(np.clip(fx0, 0, n - 8)), int(np.clip(fx1, 8, n)), step))
         gy, gx = np.mgrid[face[0], face[1]]
         design = np.stack([np.ones(gx.size), gx.ravel(), gy.ravel()], axis=1)
-        geo = _Geometry(flat, valid, coords, tops, face, design)
+        top_col = nmax - tops  # column of each region's tops[r]-th largest magnitude after an ascending partition
+        geo = _Geometry(flat, valid, coords, tops, face, design, np.linalg.inv(design.T @ design + 1e-6 * np.eye(3)),
+                        top_col, np.unique(top_col))
         if len(self._roi_cache) > 64:
             self._roi_cache.clear()
         self._roi_cache[key] = geo
@@ -438,16 +440,15 @@ class RoiFlowSpotter:
         """Per-region motion (R, 2) from crop a to crop b, head motion removed, in pixels of a 224-px crop."""
         flow = self._dis.calc(a, b, None)
         geo = self._rois(lm)
-        coef = _fit_affine(flow[geo.face].reshape(-1, 2), geo.design).astype(np.float32)
+        coef = _fit_affine(flow[geo.face].reshape(-1, 2), geo.design, geo.normal_inv).astype(np.float32)
         v = flow.reshape(-1, 2)[geo.flat] - geo.coords @ coef  # (R, Nmax, 2) residual motion
-        mag = np.where(geo.valid, v[..., 0] * v[..., 0] + v[..., 1] * v[..., 1], -1.0)
-        tmax = int(geo.tops.max())
-        order = np.argpartition(-mag, tmax - 1, axis=1)[:, :tmax]
-        part = np.take_along_axis(mag, order, axis=1)
-        order = np.take_along_axis(order, np.argsort(-part, axis=1), axis=1)  # strongest first
-        top = np.take_along_axis(v, order[..., None], axis=1)  # (R, tmax, 2)
-        keep = np.arange(tmax)[None, :] < geo.tops[:, None]
-        out = (top * keep[..., None]).sum(1) / geo.tops[:, None]
+        mag = np.where(geo.valid, v[..., 0] * v[..., 0] + v[..., 1] * v[..., 1], np.float32(-1.0))
+        # mean of each region's `tops[r]` strongest vectors: threshold at its tops[r]-th largest magnitude (one
+        # partition for all regions), then a masked sum (ties at the threshold are rare and all kept)
+        part = np.partition(mag, geo.kth, axis=1)
+        thr = part[np.arange(len(mag)), geo.top_col]
+        sel = (mag >= thr[:, None]).astype(np.float32)
+        out = np.matmul(sel[:, None, :], v)[:, 0] / sel.sum(1)[:, None]
         return (out * np.float32(REF_SIZE / self.config.flow_size)).astype(np.float32)
 
     # -- the stream ----------------------------------------------------------------------------------------------------
@@ -611,13 +612,19 @@ class _Geometry:
     tops: np.ndarray  # (R,) int
     face: tuple[slice, slice]
     design: np.ndarray
+    normal_inv: np.ndarray  # (design^T design + eps I)^-1, for the first affine fit
+    top_col: np.ndarray  # (R,) column of the tops[r]-th largest value in an ascending partition of a (R, Nmax) row
+    kth: np.ndarray  # the distinct top_col values (np.partition's kth)
 
 
-def _fit_affine(u: np.ndarray, design: np.ndarray) -> np.ndarray:
+def _fit_affine(u: np.ndarray, design: np.ndarray, normal_inv: np.ndarray | None = None) -> np.ndarray:
     """Affine motion (3, 2) fitting flow vectors u (N, 2) at points design (N, 3) = (1, x, y); robust: the worst 30 %
-    of points (moving facial parts, background) are dropped and the fit repeated."""
+    of points (moving facial parts, background) are dropped and the fit repeated. `normal_inv` is the cached inverse
+    of the first fit's normal matrix (it depends on the points only)."""
     u = u.astype(np.float64)
-    coef = np.linalg.solve(design.T @ design + 1e-6 * np.eye(3), design.T @ u)
+    if normal_inv is None:
+        normal_inv = np.linalg.inv(design.T @ design + 1e-6 * np.eye(3))
+    coef = normal_inv @ (design.T @ u)
     d = design @ coef - u
     res = d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]
     cut = int(0.7 * len(res))

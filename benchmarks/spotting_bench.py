@@ -123,11 +123,11 @@ def write_segments(path: Path, video: str, windows: list[Window]) -> None:
             w.writerow([video, "face0", i, win.kind, win.onset, win.apex, win.offset, f"{win.score:.4f}"])
 
 
-def decode_only(path: Path, decoder: str) -> tuple[float, int]:
-    """Seconds to decode every frame of a video (no processing), and the frame count."""
+def decode_only(path: Path, decoder: str, gray: bool = True) -> tuple[float, int]:
+    """Seconds to decode every frame of a video (no processing, the pixels the pipeline asks for), and the count."""
     t0 = time.perf_counter()
     n = 0
-    with open_video(path, decoder) as stream:
+    with open_video(path, decoder, gray=gray) as stream:
         for _ in stream:
             n += 1
     return time.perf_counter() - t0, n
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 windows = [s.window for s in work.samples]
                 write_segments(pred_dir / f"{video.path.stem}.segments.csv", str(rel),
                                [w for w in windows if w.kind != "blink"])
-                dec_s, n_dec = decode_only(video.path, args.decoder)
+                dec_s, n_dec = decode_only(video.path, args.decoder, settings.luma)
                 frames += work.frames
                 times["decode_wait"] += work.times.decode
                 times["face"] += work.times.face

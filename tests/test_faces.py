@@ -73,3 +73,19 @@ def test_face_that_leaves_and_returns_keeps_its_id(tmp_path: Path) -> None:
     assert 0.6 * 4 * 30 < work.frames_with_face < 4 * 30 + 5  # ~4 s of the 6 s have a face
     assert {s.face_id for s in work.samples} == {"face0"}
     assert any(abs(s.apex_s - 4.8) <= 0.1 for s in work.samples), [s.apex_s for s in work.samples]
+
+
+def test_detector_sees_the_same_face_in_gray_as_in_colour() -> None:
+    """Luma-only decoding feeds MTCNN gray frames: same box and landmarks (within 2 px) as the colour picture."""
+    from skimage import data
+
+    from au_annotate.face import FaceDetector
+
+    img = data.astronaut()
+    det = FaceDetector()
+    colour = det.detect(img, "rgb")
+    gray = det.detect(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), "gray")
+    assert len(colour) == len(gray) == 1
+    a, b = colour[0], gray[0]
+    assert max(abs(a.x - b.x), abs(a.y - b.y), abs(a.w - b.w), abs(a.h - b.h)) <= 2
+    assert np.abs(a.landmarks - b.landmarks).max() <= 2.5 and b.confidence > 0.9

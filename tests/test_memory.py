@@ -162,3 +162,49 @@ def test_crop_buffer_capacity_follows_spotter_latency() -> None:
     pair = buf.pair(onset, onset + 1)
     assert pair is not None and pair[0].index == onset
     assert len(buf) <= buf.capacity
+
+
+def _pipeline_threads(before: set[int | None]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("au-annotate-") and t.ident not in before]
+
+
+def test_pipeline_threads_stop_when_a_stage_fails(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """process_video runs decoding and face tracking in threads: an error in the face thread or in the spotter (the
+    calling thread) comes back as that error, both threads are gone, and OpenCV's thread count is restored."""
+    from pathlib import PurePosixPath
+
+    import cv2
+    import pytest
+
+    from au_annotate.face import FaceTracker
+    from au_annotate.pipeline import process_video
+    from au_annotate.records import VideoJob
+    from au_annotate.settings import DEFAULTS
+    from au_annotate.spot import RoiFlowSpotter
+    from au_annotate.synth import make_video
+
+    clip = make_video(tmp_path / "v.mp4", fps=30, duration_s=2.0, size=(320, 240), seed=3).path
+    job = VideoJob(path=clip, rel=PurePosixPath("v.mp4"), out_dir=tmp_path)
+    threads_before = cv2.getNumThreads()
+    work = process_video(job, DEFAULTS)  # the good path first: every frame arrives, in order
+    assert work.frames == 60 and work.frames_with_face == 60
+
+    for cls, method in ((FaceTracker, "process_all"), (RoiFlowSpotter, "process_frame")):
+        original = getattr(cls, method)
+
+        def failing(self, *args, _original=original, _method=method, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+            index = args[0].index if _method == "process_all" else args[0]
+            if index == 20:
+                raise RuntimeError(f"boom in {_method}")
+            return _original(self, *args, **kw)
+
+        before = {t.ident for t in threading.enumerate()}
+        monkeypatch.setattr(cls, method, failing)
+        with pytest.raises(RuntimeError, match=f"boom in {method}"):
+            process_video(job, DEFAULTS)
+        monkeypatch.setattr(cls, method, original)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and _pipeline_threads(before):
+            time.sleep(0.01)
+        assert not _pipeline_threads(before)
+        assert cv2.getNumThreads() == threads_before

@@ -79,6 +79,34 @@ def test_decode_backends_agree(tmp_path: Path) -> None:
     assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+def _write_face_clip(path: Path, fourcc: str, n: int = 6) -> None:
+    from skimage import data
+
+    face = cv2.cvtColor(cv2.resize(data.astronaut(), (160, 160), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 25.0, (160, 160))
+    for i in range(n):
+        w.write(np.roll(face, 2 * i, axis=1))
+    w.release()
+
+
+@pytest.mark.parametrize(("fourcc", "ext", "luma"), [("mp4v", "mp4", True), ("MJPG", "avi", True), ("png ", "avi", False)])
+def test_luma_decoding_matches_the_gray_of_colour_decoding(tmp_path: Path, fourcc: str, ext: str, luma: bool) -> None:
+    """Luma-only frames equal the gray of a BGR decode for limited-range (mp4v) and full-range (MJPEG) YUV; a packed
+    RGB video (PNG codec), whose first plane is not a luma plane, is decoded in colour instead."""
+    p = tmp_path / f"c.{ext}"
+    _write_face_clip(p, fourcc)
+    with open_video(p, "opencv", gray=True) as s:
+        frames = list(s)
+        assert s.gray is luma  # type: ignore[attr-defined]
+    with open_video(p, "opencv") as s:
+        reference = [f.gray() for f in s]
+    assert len(frames) == len(reference) == 6
+    assert {f.order for f in frames} == {"gray" if luma else "bgr"}
+    for f, ref in zip(frames, reference, strict=True):
+        diff = np.abs(f.gray().astype(int) - ref.astype(int))
+        assert f.gray().shape == (160, 160) and np.median(diff) <= 1 and np.percentile(diff, 99) <= 3
+
+
 @pytest.mark.parametrize("content", [b"", b"this is text, not a video\n" * 10])
 def test_decode_bad_files_raise_one_line(tmp_path: Path, content: bytes) -> None:
     p = tmp_path / "bad.mp4"
