@@ -32,8 +32,16 @@ BACKENDS = ("decord", "opencv")
 T = TypeVar("T")
 log = logging.getLogger("au_annotate")
 
+_QUIET_OPENCV = "OPENCV_LOG_LEVEL" not in os.environ  # the user did not choose a level: keep OpenCV quiet
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # OpenCV's FFmpeg: silent; we report problems ourselves
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+
+def _quiet_opencv(cv2: object) -> None:
+    """OpenCV reads OPENCV_LOG_LEVEL when cv2 is first imported; if that happened before this module, lower the level
+    now. Luma-only reads log "unsupported picture format ... treated as 8UC1" on every frame otherwise."""
+    if _QUIET_OPENCV:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # type: ignore[attr-defined]
 
 
 class DecodeError(RuntimeError):
@@ -225,6 +233,7 @@ class OpenCVStream(VideoStream):
         import cv2
 
         self._cv2 = cv2
+        _quiet_opencv(cv2)
         native = _NativeStderr()
         with native.capture():
             cap = cv2.VideoCapture(str(path))

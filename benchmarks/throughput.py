@@ -205,7 +205,9 @@ def _measure(mode: str, path: Path, opts: argparse.Namespace, jobs: int = 1) -> 
             cmd.append("--no-luma")
         if opts.weights:
             cmd += ["--weights", opts.weights]
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # output goes to files, not pipes: a chatty child must not block on a full pipe nobody reads until it exits
+        out_f, err_f = open(Path(out) / "stdout.txt", "w+"), open(Path(out) / "stderr.txt", "w+")  # noqa: SIM115
+        child = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True)
         ps = psutil.Process(child.pid)
         peak = 0
         cap = opts.max_rss_mb * 2**20
@@ -215,10 +217,17 @@ def _measure(mode: str, path: Path, opts: argparse.Namespace, jobs: int = 1) -> 
                 for p in [*ps.children(recursive=True), ps]:
                     with contextlib.suppress(psutil.Error):
                         p.kill()
-                child.communicate()
+                child.wait()
+                out_f.close()
+                err_f.close()
                 return {"killed": True, "tree_peak_rss_mb": peak / 2**20, "frames": 0, "wall_s": float("nan")}
             time.sleep(0.1)
-        stdout, stderr = child.communicate()
+        child.wait()
+        out_f.seek(0)
+        err_f.seek(0)
+        stdout, stderr = out_f.read(), err_f.read()
+        out_f.close()
+        err_f.close()
         if child.returncode != 0:
             sys.exit(f"benchmark child failed ({' '.join(cmd)}):\n{stderr[-3000:]}")
         result = json.loads(stdout.strip().splitlines()[-1])

@@ -107,6 +107,22 @@ def test_luma_decoding_matches_the_gray_of_colour_decoding(tmp_path: Path, fourc
         assert f.gray().shape == (160, 160) and np.median(diff) <= 1 and np.percentile(diff, 99) <= 3
 
 
+def test_luma_decoding_is_silent_even_when_cv2_was_imported_first(tmp_path: Path) -> None:
+    """OpenCV logs a warning per luma-only frame at its default level; the decoder keeps stderr clean even when the
+    caller imported cv2 before au_annotate (so OPENCV_LOG_LEVEL from the package came too late)."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "c.mp4"
+    _write_face_clip(p, "mp4v")
+    code = ("import cv2\nfrom au_annotate.decode import open_video\n"
+            f"s = open_video({str(p)!r}, 'opencv', gray=True)\nprint(s.gray, len(list(s)))")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OPENCV_LOG_LEVEL"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["True", "6"] and run.stderr.strip() == ""
+
+
 @pytest.mark.parametrize("content", [b"", b"this is text, not a video\n" * 10])
 def test_decode_bad_files_raise_one_line(tmp_path: Path, content: bytes) -> None:
     p = tmp_path / "bad.mp4"

@@ -3,7 +3,7 @@
 Shape (``schema`` = "au-annotate/segments-v1")::
 
     {"schema": ..., "metadata": {tool, tool_version, model_name, model_sha256, created, settings},
-     "video": {path, rel, status, error, info: {backend, width, height, fps, n_frames, duration_s} | null,
+     "video": {path, rel, status, error, info: {backend, pixels, width, height, fps, n_frames, duration_s} | null,
                frames, frames_with_face, faces, elapsed_s},
      "au_names": ["AU04", ...],
      "segments": [{face_id, segment_id, kind, onset_frame, apex_frame, offset_frame, onset_s, apex_s, offset_s,
@@ -50,6 +50,7 @@ def video_document(result: VideoResult, ctx: WriteContext) -> dict[str, Any]:
                 if info is None
                 else {
                     "backend": info.backend,
+                    "pixels": info.pixels,  # "gray" when only the luma plane was decoded
                     "width": info.width,
                     "height": info.height,
                     "fps": info.fps,

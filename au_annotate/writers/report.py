@@ -251,7 +251,7 @@ def _video_section(i: int, result: VideoResult, signal: np.ndarray | None) -> st
     facts = [f"status <b>{_e(result.status)}</b>", f"{len(segs)} segments"]
     if info is not None:
         facts += [f"{info.width}x{info.height}", f"{info.fps:.3g} fps", f"{info.n_frames} frames",
-                  f"{info.duration_s:.1f} s", f"decoder {_e(info.backend)}"]  # fmt: skip
+                  f"{info.duration_s:.1f} s", f"decoder {_e(info.backend)} ({_e(info.pixels)})"]  # fmt: skip
     if result.frames:
         facts.append(f"face in {result.frames_with_face}/{result.frames} frames")
     facts.append(f"processed in {result.elapsed_s:.1f} s")
