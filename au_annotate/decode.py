@@ -397,15 +397,29 @@ def open_video(path: str | Path, backend: str = "auto", *, gray: bool = False) -
 _END = object()
 
 
-def prefetch(frames: Iterator[T], maxsize: int = 16, name: str = "au-annotate-decode") -> Iterator[T]:
+def _lower_thread_priority(increment: int) -> None:
+    """Make the calling thread nicer by `increment` (Linux, where setpriority takes a thread id; elsewhere a no-op).
+
+    Helper threads that run ahead through a bounded queue can yield to the thread that is the bottleneck: they catch up
+    whenever it waits for them, so nothing is lost, and others' processes only ever see us nicer."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+
+
+def prefetch(frames: Iterator[T], maxsize: int = 16, name: str = "au-annotate-decode", nice: int = 0) -> Iterator[T]:
     """Run an iterator ahead in a thread with a bounded queue (at most `maxsize` items in memory); errors re-raise here.
 
     Used for decoding, and for a pipeline stage over decoded frames (prefetch of a generator that reads a prefetch):
-    closing the outer one stops and joins both threads."""
+    closing the outer one stops and joins both threads. `nice` > 0 lowers the thread's scheduling priority (Linux)."""
     q: queue.Queue[object] = queue.Queue(maxsize=maxsize)
     stop = threading.Event()
 
     def worker() -> None:
+        if nice:
+            _lower_thread_priority(nice)
         try:
             for f in frames:
                 while not stop.is_set():

@@ -84,7 +84,7 @@ class SpotConfig:
     macro_k_s: float = 0.8  # frame-K-back distance for macro-expressions (0 disables the macro detector)
     smooth_s: float = 0.04  # temporal smoothing of the region motion (centred moving average)
     micro_rate: float = 100.0  # the micro signal is computed on about this many frames per second (every frame below)
-    macro_rate: float = 10.0  # same for the macro signal
+    macro_rate: float = 5.0  # same for the macro signal (macro-expressions last 1.5-4 s: 5 Hz resolves them)
     top_fraction: float = 0.3  # mean of this fraction of the strongest vectors per region
     p: float = 4.0  # threshold: score > p * noise level of the region (micro detector)
     macro_p: float = 6.0  # same for the macro detector
@@ -429,8 +429,9 @@ class RoiFlowSpotter:
         gy, gx = np.mgrid[face[0], face[1]]
         design = np.stack([np.ones(gx.size), gx.ravel(), gy.ravel()], axis=1)
         top_col = nmax - tops  # column of each region's tops[r]-th largest magnitude after an ascending partition
+        pad = np.where(valid, 0.0, -1.0).astype(np.float32)
         geo = _Geometry(flat, valid, coords, tops, face, design, np.linalg.inv(design.T @ design + 1e-6 * np.eye(3)),
-                        top_col, np.unique(top_col))
+                        top_col, np.unique(top_col), pad)
         if len(self._roi_cache) > 64:
             self._roi_cache.clear()
         self._roi_cache[key] = geo
@@ -441,8 +442,9 @@ class RoiFlowSpotter:
         flow = self._dis.calc(a, b, None)
         geo = self._rois(lm)
         coef = _fit_affine(flow[geo.face].reshape(-1, 2), geo.design, geo.normal_inv).astype(np.float32)
-        v = flow.reshape(-1, 2)[geo.flat] - geo.coords @ coef  # (R, Nmax, 2) residual motion
-        mag = np.where(geo.valid, v[..., 0] * v[..., 0] + v[..., 1] * v[..., 1], np.float32(-1.0))
+        r, nmax = geo.flat.shape
+        v = (flow.reshape(-1, 2)[geo.flat.ravel()] - geo.coords.reshape(-1, 3) @ coef).reshape(r, nmax, 2)  # residual
+        mag = np.einsum("rnc,rnc->rn", v, v) + geo.pad  # squared magnitude; padding entries at -1
         # mean of each region's `tops[r]` strongest vectors: threshold at its tops[r]-th largest magnitude (one
         # partition for all regions), then a masked sum (ties at the threshold are rare and all kept)
         part = np.partition(mag, geo.kth, axis=1)
@@ -615,6 +617,7 @@ class _Geometry:
     normal_inv: np.ndarray  # (design^T design + eps I)^-1, for the first affine fit
     top_col: np.ndarray  # (R,) column of the tops[r]-th largest value in an ascending partition of a (R, Nmax) row
     kth: np.ndarray  # the distinct top_col values (np.partition's kth)
+    pad: np.ndarray  # (R, Nmax) float32: 0 for ROI pixels, -1 for padding (below any squared magnitude)
 
 
 def _fit_affine(u: np.ndarray, design: np.ndarray, normal_inv: np.ndarray | None = None) -> np.ndarray:

@@ -208,3 +208,24 @@ def test_pipeline_threads_stop_when_a_stage_fails(tmp_path, monkeypatch) -> None
             time.sleep(0.01)
         assert not _pipeline_threads(before)
         assert cv2.getNumThreads() == threads_before
+
+
+def test_prefetch_nice_lowers_only_the_helper_thread() -> None:
+    """prefetch(nice=5) runs its thread 5 nice levels below the caller (Linux); the caller keeps its priority."""
+    import os
+    import sys
+
+    import pytest
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("thread priorities are set on Linux only")
+    seen: list[int] = []
+
+    def items() -> Iterator[int]:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        yield from range(3)
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert list(prefetch(items(), nice=5)) == [0, 1, 2]
+    assert seen == [min(19, mine + 5)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine

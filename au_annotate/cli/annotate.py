@@ -38,7 +38,7 @@ def _formats(value: str | None) -> tuple[str, ...] | None:
               help="Model input: whole-face flow (seed) or the official HTNet 4-patch mosaic; auto = what the "
                    "checkpoint was trained on. [auto]")
 @click.option("--faces", help="Which faces to annotate: all, largest, or N (the N largest). [all]")
-@click.option("-j", "--jobs", type=click.IntRange(0), help="Worker processes for videos; 0 = auto (one per core). [0]")
+@click.option("-j", "--jobs", type=click.IntRange(0), help="Worker processes for videos; 0 = auto (one per two cores). [0]")
 @click.option("--engine", type=click.Choice(["local", "ray"]), help="Where per-video work runs. [local]")
 @click.option("--ray-address", help="Ray cluster for --engine ray: auto or HOST:PORT. [start a local Ray]")
 @click.option("--recursive/--no-recursive", default=None, help="Descend into sub-folders. [recursive]")
