@@ -7,11 +7,12 @@ A failing video is recorded with a one-line reason and the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,6 +48,37 @@ def _check_writable(out_dir: Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise OutputError(f"{out_dir}: output folder is not writable ({e.strerror or e})") from None
+
+
+LOCK_NAME = ".au-annotate.lock"
+
+
+@contextlib.contextmanager
+def _run_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `out_dir` for a run, so that a second run into the same folder stops at once with a
+    clear message instead of interleaving its manifest and sweeping the first run's temporary files.
+
+    An advisory `flock` on a file in the folder: the kernel drops it when the process ends however it ends, so a
+    killed run leaves no stale lock. Where `fcntl` does not exist (Windows) runs are not locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = out_dir / LOCK_NAME
+    try:
+        fh = open(path, "a")  # noqa: SIM115 - held for the whole run; stays empty, so outputs are identical across runs
+    except OSError as e:
+        raise OutputError(f"{out_dir}: cannot create the run lock {LOCK_NAME} ({e.strerror or e})") from None
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise OutputError(f"{out_dir}: another au-annotate run is writing to this folder; wait for it to finish or "
+                              "use another -o") from None
+        yield
+    finally:
+        fh.close()  # releases the lock
 
 
 @dataclass
@@ -129,130 +161,131 @@ def annotate(
         raise DiscoverError(f"{where}: no video files found" + (f" ({len(found.skipped)} other files skipped)"
                                                                  if found.skipped else ""))
     _check_writable(out)
-    try:
-        get_writers(settings.formats)
-        parse_faces(settings.faces)
-        model = _load_model(settings)
-        if settings.input_layout == "auto":
-            settings = settings.replace(input_layout=model.input_layout)  # the picture layout the model was trained on
-        elif settings.input_layout != model.input_layout:
-            raise AnnotateError(f"{model.name}: the model was trained on '{model.input_layout}' flow pictures, not "
-                                f"'{settings.input_layout}': use --input-layout {model.input_layout} or other weights")
-        engine = get_engine(settings.engine, **_engine_options(settings))
-    except (ValueError, OSError, WeightsError, RulesError, InferenceError, EngineError) as e:
-        raise AnnotateError(str(e)) from None
-    ctx = WriteContext(tool_version=__version__, model_name=model.name, model_sha256=model.sha256,
-                       settings=settings.as_dict(), au_tiers=settings.au_tiers, au_names=model.decoder.au_names)
-    manifest = Manifest.load(out)
-    sweep_temporaries(out)  # litter of a killed earlier run: never trusted, only removed
-    manifest.save(started=_now(), finished=None, interrupted=False, inputs=[str(p) for p in paths],
-                  settings=settings.as_dict(), model={"name": model.name, "sha256": model.sha256},
-                  summary=None, elapsed_s=None)
-    keys: dict[VideoJob, str | None] = {}
-    results: dict[VideoJob, VideoResult] = {}
-    todo: list[VideoJob] = []
-    for job in found.jobs:
+    with _run_lock(out):  # one run per output folder: the manifest and the temporaries sweep assume it
         try:
-            keys[job] = output_key(job, settings, model.sha256)
-        except OSError:
-            keys[job] = None
-        entry = None if settings.overwrite or keys[job] is None else manifest.reusable(job, keys[job])  # type: ignore[arg-type]
-        if entry is None:
-            todo.append(job)
-            continue
-        csv_out = job.out_dir / f"{job.stem}.segments.csv"
+            get_writers(settings.formats)
+            parse_faces(settings.faces)
+            model = _load_model(settings)
+            if settings.input_layout == "auto":
+                settings = settings.replace(input_layout=model.input_layout)  # the picture layout the model was trained on
+            elif settings.input_layout != model.input_layout:
+                raise AnnotateError(f"{model.name}: the model was trained on '{model.input_layout}' flow pictures, not "
+                                    f"'{settings.input_layout}': use --input-layout {model.input_layout} or other weights")
+            engine = get_engine(settings.engine, **_engine_options(settings))
+        except (ValueError, OSError, WeightsError, RulesError, InferenceError, EngineError) as e:
+            raise AnnotateError(str(e)) from None
+        ctx = WriteContext(tool_version=__version__, model_name=model.name, model_sha256=model.sha256,
+                           settings=settings.as_dict(), au_tiers=settings.au_tiers, au_names=model.decoder.au_names)
+        manifest = Manifest.load(out)
+        sweep_temporaries(out)  # litter of a killed earlier run: never trusted, only removed
+        manifest.save(started=_now(), finished=None, interrupted=False, inputs=[str(p) for p in paths],
+                      settings=settings.as_dict(), model={"name": model.name, "sha256": model.sha256},
+                      summary=None, elapsed_s=None)
+        keys: dict[VideoJob, str | None] = {}
+        results: dict[VideoJob, VideoResult] = {}
+        todo: list[VideoJob] = []
+        for job in found.jobs:
+            try:
+                keys[job] = output_key(job, settings, model.sha256)
+            except OSError:
+                keys[job] = None
+            entry = None if settings.overwrite or keys[job] is None else manifest.reusable(job, keys[job])  # type: ignore[arg-type]
+            if entry is None:
+                todo.append(job)
+                continue
+            csv_out = job.out_dir / f"{job.stem}.segments.csv"
+            try:
+                segs = segments_from_csv(csv_out, job.rel.as_posix()) if csv_out.is_file() else ()
+            except Exception:  # unreadable earlier output: recompute instead of trusting it
+                todo.append(job)
+                continue
+            results[job] = VideoResult(job=job, status="skipped", error=None, segments=segs,
+                                       frames=int(entry.get("frames", 0)), frames_with_face=int(entry.get("frames_with_face", 0)),
+                                       outputs=tuple(out / o for o in entry.get("outputs", [])))
+        hook.start_run(tuple(todo))
+        pending: list[VideoWork] = []
+
+        def write(res: VideoResult) -> VideoResult:
+            try:
+                written = write_video_outputs(res, ctx, settings.formats)
+            except OSError as e:
+                failed = VideoResult(job=res.job, status="failed", info=res.info,
+                                     error=f"{res.job.path}: cannot write outputs: {e.strerror or e}",
+                                     frames=res.frames, elapsed_s=res.elapsed_s)
+                hook.message(failed.error or "")
+                return failed
+            return replace(res, outputs=written)
+
+        def finish(res: VideoResult) -> None:
+            results[res.job] = res
+            manifest.record(res, keys.get(res.job) if res.status in ("done", "no_face") else None)
+            warning = manifest.videos.get(res.job.rel.as_posix(), {}).get("warning")
+            if warning:
+                hook.message(warning)
+            hook.end_video(res)
+
+        def flush() -> None:
+            """Run the model on the flow samples of all pending videos at once, then write those videos."""
+            if not pending:
+                return
+            pictures = [s.image for w in pending for s in w.samples]
+            probs = model.runner.predict(np.stack(pictures)) if pictures else None  # type: ignore[attr-defined]
+            start = 0
+            for work in pending:
+                n = len(work.samples)
+                segs = _segments(work, probs[start : start + n], model) if n else ()  # type: ignore[index]
+                start += n
+                finish(write(VideoResult(job=work.job, status="done", info=work.info, segments=segs, frames=work.frames,
+                                         frames_with_face=work.frames_with_face, faces=work.faces,
+                                         elapsed_s=work.elapsed_s, signal=work.signal)))
+            pending.clear()
+
+        last_flush = time.monotonic()
+
+        def consume(outcome: VideoWork | VideoFailure) -> None:
+            nonlocal last_flush
+            if isinstance(outcome, VideoFailure):
+                if settings.verbose and outcome.detail:
+                    log.error("%s", outcome.detail)
+                hook.message(outcome.error)
+                res = VideoResult(job=outcome.job, status=outcome.status, error=outcome.error,  # type: ignore[arg-type]
+                                  elapsed_s=outcome.elapsed_s, frames=outcome.frames, info=outcome.info)
+                finish(write(res) if outcome.status == "no_face" else res)
+                return
+            pending.append(outcome)
+            # a full batch, or 30 s since the last write: bounds what a killed run can lose (results do not depend on
+            # batch composition: infer.py runs fixed-shape batches)
+            if sum(len(w.samples) for w in pending) >= settings.batch_size or time.monotonic() - last_flush >= 30.0:
+                flush()
+                last_flush = time.monotonic()
+
+        # Outcomes may complete in any order (parallel workers); they are consumed in input order so that batches, and
+        # therefore results, are identical whatever the number of workers.
+        order = {job: i for i, job in enumerate(todo)}
+        waiting: dict[int, VideoWork | VideoFailure] = {}
+        next_i = 0
         try:
-            segs = segments_from_csv(csv_out, job.rel.as_posix()) if csv_out.is_file() else ()
-        except Exception:  # unreadable earlier output: recompute instead of trusting it
-            todo.append(job)
-            continue
-        results[job] = VideoResult(job=job, status="skipped", error=None, segments=segs,
-                                   frames=int(entry.get("frames", 0)), frames_with_face=int(entry.get("frames_with_face", 0)),
-                                   outputs=tuple(out / o for o in entry.get("outputs", [])))
-    hook.start_run(tuple(todo))
-    pending: list[VideoWork] = []
-
-    def write(res: VideoResult) -> VideoResult:
-        try:
-            written = write_video_outputs(res, ctx, settings.formats)
-        except OSError as e:
-            failed = VideoResult(job=res.job, status="failed", info=res.info,
-                                 error=f"{res.job.path}: cannot write outputs: {e.strerror or e}",
-                                 frames=res.frames, elapsed_s=res.elapsed_s)
-            hook.message(failed.error or "")
-            return failed
-        return replace(res, outputs=written)
-
-    def finish(res: VideoResult) -> None:
-        results[res.job] = res
-        manifest.record(res, keys.get(res.job) if res.status in ("done", "no_face") else None)
-        warning = manifest.videos.get(res.job.rel.as_posix(), {}).get("warning")
-        if warning:
-            hook.message(warning)
-        hook.end_video(res)
-
-    def flush() -> None:
-        """Run the model on the flow samples of all pending videos at once, then write those videos."""
-        if not pending:
-            return
-        pictures = [s.image for w in pending for s in w.samples]
-        probs = model.runner.predict(np.stack(pictures)) if pictures else None  # type: ignore[attr-defined]
-        start = 0
-        for work in pending:
-            n = len(work.samples)
-            segs = _segments(work, probs[start : start + n], model) if n else ()  # type: ignore[index]
-            start += n
-            finish(write(VideoResult(job=work.job, status="done", info=work.info, segments=segs, frames=work.frames,
-                                     frames_with_face=work.frames_with_face, faces=work.faces,
-                                     elapsed_s=work.elapsed_s, signal=work.signal)))
-        pending.clear()
-
-    last_flush = time.monotonic()
-
-    def consume(outcome: VideoWork | VideoFailure) -> None:
-        nonlocal last_flush
-        if isinstance(outcome, VideoFailure):
-            if settings.verbose and outcome.detail:
-                log.error("%s", outcome.detail)
-            hook.message(outcome.error)
-            res = VideoResult(job=outcome.job, status=outcome.status, error=outcome.error,  # type: ignore[arg-type]
-                              elapsed_s=outcome.elapsed_s, frames=outcome.frames, info=outcome.info)
-            finish(write(res) if outcome.status == "no_face" else res)
-            return
-        pending.append(outcome)
-        # a full batch, or 30 s since the last write: bounds what a killed run can lose (results do not depend on
-        # batch composition: infer.py runs fixed-shape batches)
-        if sum(len(w.samples) for w in pending) >= settings.batch_size or time.monotonic() - last_flush >= 30.0:
+            for job, outcome in engine.run(todo, settings, hook):
+                waiting[order[job]] = outcome
+                while next_i in waiting:
+                    consume(waiting.pop(next_i))
+                    next_i += 1
             flush()
-            last_flush = time.monotonic()
+        except KeyboardInterrupt:
+            manifest.save(finished=_now(), interrupted=True)
+            raise
+        ordered = tuple(results[j] for j in found.jobs)
+        combined = write_combined_csv(ordered, out / "segments.csv", ctx)
+        report = RunReport(results=ordered, out_dir=out, skipped_files=found.skipped,
+                           elapsed_s=time.perf_counter() - t_run, outputs=(combined,))
+        if settings.report:
+            from au_annotate.writers.report import write_report
 
-    # Outcomes may complete in any order (parallel workers); they are consumed in input order so that batches, and
-    # therefore results, are identical whatever the number of workers.
-    order = {job: i for i, job in enumerate(todo)}
-    waiting: dict[int, VideoWork | VideoFailure] = {}
-    next_i = 0
-    try:
-        for job, outcome in engine.run(todo, settings, hook):
-            waiting[order[job]] = outcome
-            while next_i in waiting:
-                consume(waiting.pop(next_i))
-                next_i += 1
-        flush()
-    except KeyboardInterrupt:
-        manifest.save(finished=_now(), interrupted=True)
-        raise
-    ordered = tuple(results[j] for j in found.jobs)
-    combined = write_combined_csv(ordered, out / "segments.csv", ctx)
-    report = RunReport(results=ordered, out_dir=out, skipped_files=found.skipped,
-                       elapsed_s=time.perf_counter() - t_run, outputs=(combined,))
-    if settings.report:
-        from au_annotate.writers.report import write_report
-
-        report = RunReport(results=report.results, out_dir=out, skipped_files=found.skipped,
-                           elapsed_s=report.elapsed_s,
-                           outputs=(combined, write_report(report, out / "report.html", ctx)))
-    manifest.save(finished=_now(), interrupted=False, elapsed_s=round(report.elapsed_s, 3),
-                  summary={status: sum(1 for r in ordered if r.status == status)
-                           for status in ("done", "skipped", "failed", "no_face")})
-    hook.end_run(report)
-    return report
+            report = RunReport(results=report.results, out_dir=out, skipped_files=found.skipped,
+                               elapsed_s=report.elapsed_s,
+                               outputs=(combined, write_report(report, out / "report.html", ctx)))
+        manifest.save(finished=_now(), interrupted=False, elapsed_s=round(report.elapsed_s, 3),
+                      summary={status: sum(1 for r in ordered if r.status == status)
+                               for status in ("done", "skipped", "failed", "no_face")})
+        hook.end_run(report)
+        return report

@@ -105,6 +105,26 @@ def test_bad_invocations_give_one_line_and_exit_2(tmp_path: Path, planted_clips,
     assert len(errors) == 1, result.output
 
 
+def test_second_run_into_a_busy_output_folder_stops_with_exit_2(tmp_path: Path, planted_clips) -> None:
+    """While a run holds the output folder's lock, another run into it stops at once (one line, exit 2, nothing
+    written); once the lock is released (the first run ended, however it ended) the folder is usable again."""
+    import fcntl
+
+    clip = planted_clips[1][0].path
+    out = tmp_path / "o"
+    out.mkdir()
+    with open(out / ".au-annotate.lock", "a") as holder:  # what a running au-annotate holds
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = CliRunner().invoke(main, ["annotate", str(clip), "-o", str(out), "--jobs", "1"])
+        assert result.exit_code == 2, result.output
+        errors = [ln for ln in result.output.splitlines() if ln.startswith("Error")]
+        assert len(errors) == 1 and "another au-annotate run is writing to this folder" in errors[0]
+        assert sorted(p.name for p in out.iterdir()) == [".au-annotate.lock"]  # no manifest, no outputs
+    result = CliRunner().invoke(main, ["annotate", str(clip), "-o", str(out), "--jobs", "1", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert (out / "manifest.json").is_file() and (out / f"{clip.stem}.segments.csv").is_file()
+
+
 def test_python_dash_m_entry_point() -> None:
     r = subprocess.run([sys.executable, "-m", "au_annotate", "--help"], capture_output=True, text=True, check=True)
     assert "annotate" in r.stdout

@@ -55,7 +55,7 @@ def _run(videos: Path, out: Path, weights: str, *extra: str) -> dict:
 def _outputs(out: Path) -> dict[str, int]:
     """Per-video output files and their mtimes (ns); the run-level files are rewritten on every run."""
     return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name not in ("manifest.json", "segments.csv")}
+            if p.is_file() and p.name not in ("manifest.json", "segments.csv", ".au-annotate.lock")}
 
 
 @pytest.fixture(scope="module")

@@ -308,7 +308,8 @@ def test_output_folder_inside_input_folder(corpus: Corpus, weights: str, tmp_pat
         manifest = json.loads((out / "manifest.json").read_text())
         assert list(manifest["videos"]) == ["a.mp4"]  # our own outputs are never taken as inputs
         assert manifest["summary"]["skipped" if attempt else "done"] == 1
-    assert sorted(p.name for p in out.iterdir()) == ["a.eaf", "a.segments.csv", "manifest.json", "segments.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".au-annotate.lock", "a.eaf", "a.segments.csv", "manifest.json",
+                                                     "segments.csv"]
 
 
 def test_output_that_cannot_be_written_fails_only_that_video(corpus: Corpus, weights: str, tmp_path: Path) -> None:
