@@ -19,6 +19,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -46,6 +47,10 @@ def _quiet_opencv(cv2: object) -> None:
 
 class DecodeError(RuntimeError):
     """A video cannot be opened or decoded; the message is one line naming the file and the cause."""
+
+
+class StallError(RuntimeError):
+    """A prefetch thread produced nothing for its stall timeout (a hung decoder, unreachable storage)."""
 
 
 class VideoStream(ABC):
@@ -249,6 +254,7 @@ class OpenCVStream(VideoStream):
             raise DecodeError(f"{path}: no video stream")
         self._cap = cap
         self._path = path
+        self._reading = threading.Lock()  # held while the decoder runs: close() never releases it mid-read
         self._lut: np.ndarray | None = None
         self.gray = False
         if gray:
@@ -271,14 +277,17 @@ class OpenCVStream(VideoStream):
         i = 0
         last_t = -1.0
         while True:
-            ok, img = cap.read()
+            with self._reading:
+                if self._cap is None:  # closed (or given up on) meanwhile
+                    return
+                ok, img = cap.read()
+                t = float(cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0 if ok else 0.0
             if not ok or img is None:
                 if i == 0:
                     raise DecodeError(f"{self._path}: no decodable frames")
                 if warn:
                     _warn_short(self._path, i, self.info.n_frames, "damaged or truncated data")
                 return
-            t = float(cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0
             if not np.isfinite(t) or t <= last_t:
                 t = last_t + 1.0 / fps if last_t >= 0 else i / fps  # containers without timestamps: nominal rate
             last_t = t
@@ -295,9 +304,20 @@ class OpenCVStream(VideoStream):
             i += 1
 
     def close(self) -> None:
-        if getattr(self, "_cap", None) is not None:
-            self._cap.release()
+        """Release the decoder, unless a read is still running after 10 s (a hung decoder): then it is left alone,
+        since releasing it under the reading thread could crash the process; that thread is abandoned."""
+        if getattr(self, "_cap", None) is None:
+            return
+        if not self._reading.acquire(timeout=10.0):
+            log.warning("%s: the decoder did not return; leaving it", self._path)
             self._cap = None
+            return
+        try:
+            if self._cap is not None:
+                self._cap.release()
+                self._cap = None
+        finally:
+            self._reading.release()
 
 
 # Video luma is usually "limited range" (16..235); a BGR decode stretches it to 0..255, and so does this table.
@@ -395,6 +415,7 @@ def open_video(path: str | Path, backend: str = "auto", *, gray: bool = False) -
 
 
 _END = object()
+JOIN_TIMEOUT_S = 10.0  # how long closing a prefetch waits for its thread before leaving it behind
 
 
 def _lower_thread_priority(increment: int) -> None:
@@ -409,11 +430,14 @@ def _lower_thread_priority(increment: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
 
 
-def prefetch(frames: Iterator[T], maxsize: int = 16, name: str = "au-annotate-decode", nice: int = 0) -> Iterator[T]:
+def prefetch(frames: Iterator[T], maxsize: int = 16, name: str = "au-annotate-decode", nice: int = 0,
+             stall_s: float | None = None) -> Iterator[T]:
     """Run an iterator ahead in a thread with a bounded queue (at most `maxsize` items in memory); errors re-raise here.
 
     Used for decoding, and for a pipeline stage over decoded frames (prefetch of a generator that reads a prefetch):
-    closing the outer one stops and joins both threads. `nice` > 0 lowers the thread's scheduling priority (Linux)."""
+    closing the outer one stops and joins both threads. `nice` > 0 lowers the thread's scheduling priority (Linux).
+    `stall_s`: waiting that long for one item raises StallError (the thread, stuck in native code, is abandoned: a
+    daemon thread cannot be killed, but the caller can go on with its next video)."""
     q: queue.Queue[object] = queue.Queue(maxsize=maxsize)
     stop = threading.Event()
 
@@ -442,7 +466,17 @@ def prefetch(frames: Iterator[T], maxsize: int = 16, name: str = "au-annotate-de
     t.start()
     try:
         while True:
-            item = q.get()
+            if stall_s is None:
+                item = q.get()
+            else:
+                waited = time.monotonic()
+                while True:
+                    try:
+                        item = q.get(timeout=1.0)
+                        break
+                    except queue.Empty:
+                        if time.monotonic() - waited > stall_s:
+                            raise StallError(f"{name}: nothing for {stall_s:g} s") from None
             if item is _END:
                 return
             if isinstance(item, BaseException):
@@ -450,8 +484,11 @@ def prefetch(frames: Iterator[T], maxsize: int = 16, name: str = "au-annotate-de
             yield item  # type: ignore[misc]
     finally:
         stop.set()
-        while t.is_alive():
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while t.is_alive() and time.monotonic() < deadline:
             try:
                 q.get_nowait()
             except queue.Empty:
                 t.join(timeout=0.05)
+        if t.is_alive():  # stuck in native code (a hung decoder): left behind as a daemon thread
+            log.warning("%s thread did not stop; leaving it behind", name)

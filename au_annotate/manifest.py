@@ -30,7 +30,7 @@ FORMAT = "au-annotate-manifest"
 FORMAT_VERSION = 1
 # settings that never change what is written (how fast, how loud, where it runs)
 _RUNTIME_ONLY = frozenset({"jobs", "engine", "ray_address", "quiet", "verbose", "overwrite", "device", "batch_size",
-                           "report"})
+                           "report", "stall_timeout_s"})
 
 
 def _now() -> str:

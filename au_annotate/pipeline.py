@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from au_annotate.decode import open_video, prefetch
+from au_annotate.decode import DecodeError, StallError, open_video, prefetch
 from au_annotate.face import FaceDetector, FaceTracker, parse_faces
 from au_annotate.flow import flow_picture, mosaic_picture
 from au_annotate.records import AlignedFace, FlowSample, VideoInfo, VideoJob, Window
@@ -187,7 +187,7 @@ def process_video(
 
         def tracked() -> Iterator[tuple[int, float, list[AlignedFace], set[str]]]:
             """The face stage, run in its own thread: each frame's aligned faces and the ids the tracker remembers."""
-            decoded = prefetch(iter(stream), nice=HELPER_NICE)
+            decoded = prefetch(iter(stream), nice=HELPER_NICE, stall_s=settings.stall_timeout_s)
             with contextlib.closing(decoded):
                 while True:
                     t0 = time.perf_counter()
@@ -202,8 +202,10 @@ def process_video(
                     yield frame.index, frame.pts_s, faces, alive
 
         last_pts = 0.0
-        stage = prefetch(tracked(), maxsize=32, name="au-annotate-face", nice=HELPER_NICE)
-        with contextlib.closing(stage):  # on an error below, the face and decode threads stop before the file closes
+        # the face stage's own stall timeout is a backstop: a stalled decoder is reported by the face thread first
+        stage = prefetch(tracked(), maxsize=32, name="au-annotate-face", nice=HELPER_NICE,
+                         stall_s=settings.stall_timeout_s + 30.0)
+        with _stall_as_decode_error(job, settings), contextlib.closing(stage):  # threads stop before the file closes
             for index, pts_s, faces, alive in stage:
                 t2 = time.perf_counter()
                 frames += 1
@@ -242,8 +244,6 @@ def process_video(
         if on_frames and pending:
             on_frames(pending)
     if frames == 0:
-        from au_annotate.decode import DecodeError
-
         raise DecodeError(f"{job.path}: no decodable frames")
     if with_face == 0:
         raise NoFaceError(f"{job.path}: no face found in {frames} frames", frames, info)
@@ -251,6 +251,17 @@ def process_video(
     sig = np.frombuffer(signal, dtype=np.float32).reshape(-1, 2).copy() if len(signal) else np.zeros((0, 2), np.float32)
     return VideoWork(job=job, info=info, samples=samples, frames=frames, frames_with_face=with_face,
                      faces=len(tracker.face_ids), signal=sig, times=times)
+
+
+@contextlib.contextmanager
+def _stall_as_decode_error(job: VideoJob, settings: Settings) -> Iterator[None]:
+    """A stalled decode or face thread fails this video with a one-line reason (the run goes on with the others)."""
+    try:
+        yield
+    except StallError as e:
+        stage = "decoding" if "decode" in str(e) else "face tracking"
+        raise DecodeError(f"{job.path}: {stage} stalled: no frame for {settings.stall_timeout_s:g} s (a hung decoder "
+                          "or unreachable storage)") from None
 
 
 @contextlib.contextmanager
@@ -285,8 +296,6 @@ def run_video(
 ) -> VideoWork | VideoFailure:
     """process_video that never raises for a bad video: failures come back as VideoFailure (picklable, for workers)."""
     import traceback
-
-    from au_annotate.decode import DecodeError
 
     t0 = time.perf_counter()
     try:

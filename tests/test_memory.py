@@ -229,3 +229,52 @@ def test_prefetch_nice_lowers_only_the_helper_thread() -> None:
     assert list(prefetch(items(), nice=5)) == [0, 1, 2]
     assert seen == [min(19, mine + 5)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+
+
+def test_a_hung_decoder_fails_its_video_after_the_stall_timeout(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """A decoder that stops returning frames (stuck in native code) fails that video with a one-line reason once the
+    stall timeout passes, instead of hanging the run; the stuck thread is left behind and the next video works."""
+    from pathlib import PurePosixPath
+
+    import pytest
+
+    import au_annotate.decode as decode
+    import au_annotate.pipeline as pipeline
+    from au_annotate.decode import DecodeError, VideoStream, open_video
+    from au_annotate.pipeline import run_video
+    from au_annotate.records import VideoJob
+    from au_annotate.settings import DEFAULTS
+    from au_annotate.synth import make_video
+
+    clip = make_video(tmp_path / "v.mp4", fps=30, duration_s=1.0, size=(320, 240), seed=4).path
+    job = VideoJob(path=clip, rel=PurePosixPath("v.mp4"), out_dir=tmp_path)
+    release = threading.Event()
+
+    class Hangs(VideoStream):
+        def __init__(self, real: VideoStream) -> None:
+            self.real, self.info = real, real.info
+
+        def __iter__(self) -> Iterator[Frame]:
+            for frame in self.real:
+                if frame.index == 10:
+                    release.wait()  # what a decoder stuck in native code looks like from Python
+                yield frame
+
+        def close(self) -> None:
+            self.real.close()
+
+    monkeypatch.setattr(pipeline, "open_video", lambda *a, **kw: Hangs(open_video(*a, **kw)))
+    monkeypatch.setattr(decode, "JOIN_TIMEOUT_S", 1.0)  # how long closing waits for the stuck thread (10 s in use)
+    settings = DEFAULTS.replace(stall_timeout_s=1.0)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DecodeError, match=r"decoding stalled: no frame for 1 s"):
+            pipeline.process_video(job, settings)
+        assert time.monotonic() - t0 < 30  # the stall timeout plus the bounded wait for the stuck thread
+        failure = run_video(job, settings)  # the engines' entry point: a failed video, one line, no traceback
+        assert failure.status == "failed" and "\n" not in failure.error and str(clip) in failure.error  # type: ignore[union-attr]
+    finally:
+        release.set()  # let the abandoned threads finish
+    monkeypatch.undo()
+    work = pipeline.process_video(job, DEFAULTS)  # the next video (here the same file, not hung) is processed
+    assert work.frames == 30
