@@ -59,23 +59,27 @@ def _run_lock(out_dir: Path) -> Iterator[None]:
     clear message instead of interleaving its manifest and sweeping the first run's temporary files.
 
     An advisory `flock` on a file in the folder: the kernel drops it when the process ends however it ends, so a
-    killed run leaves no stale lock. Where `fcntl` does not exist (Windows) runs are not locked."""
+    killed run leaves no stale lock. Where `fcntl` does not exist (Windows), or the file system cannot lock (NFS
+    mounted `nolock`, some FUSE/SMB mounts), the run goes on unlocked."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path = out_dir / LOCK_NAME
+        fcntl = None  # type: ignore[assignment]
     try:
-        fh = open(path, "a")  # noqa: SIM115 - held for the whole run; stays empty, so outputs are identical across runs
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(out_dir / LOCK_NAME, "a")  # noqa: SIM115 - held for the run; stays empty (identical outputs)
     except OSError as e:
-        raise OutputError(f"{out_dir}: cannot create the run lock {LOCK_NAME} ({e.strerror or e})") from None
+        raise OutputError(f"{out_dir}: output folder is not writable ({e.strerror or e})") from None
     try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise OutputError(f"{out_dir}: another au-annotate run is writing to this folder; wait for it to finish or "
-                              "use another -o") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OutputError(f"{out_dir}: another au-annotate run is writing to this folder; wait for it to "
+                                  "finish or use another -o") from None
+            except OSError as e:  # the file system does not do locks: nothing to protect against here
+                log.warning("%s: cannot lock the output folder (%s); make sure no other run writes to it",
+                            out_dir, e.strerror or e)
         yield
     finally:
         fh.close()  # releases the lock
@@ -160,11 +164,13 @@ def annotate(
         where = ", ".join(str(p) for p in paths)
         raise DiscoverError(f"{where}: no video files found" + (f" ({len(found.skipped)} other files skipped)"
                                                                  if found.skipped else ""))
-    _check_writable(out)
     with _run_lock(out):  # one run per output folder: the manifest and the temporaries sweep assume it
+        _check_writable(out)
         try:
             get_writers(settings.formats)
             parse_faces(settings.faces)
+            if not isinstance(settings.stall_timeout_s, int | float) or not settings.stall_timeout_s > 0:
+                raise ValueError(f"stall_timeout_s must be a positive number of seconds, got {settings.stall_timeout_s!r}")
             model = _load_model(settings)
             if settings.input_layout == "auto":
                 settings = settings.replace(input_layout=model.input_layout)  # the picture layout the model was trained on

@@ -272,6 +272,8 @@ class OpenCVStream(VideoStream):
         """Frames in order; `warn` logs when the stream ends before the container's frame count."""
         cv2 = self._cv2
         cap = self._cap
+        if cap is None:
+            raise DecodeError(f"{self._path}: the video was closed")
         cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
         fps = self.info.fps
         i = 0
@@ -292,6 +294,8 @@ class OpenCVStream(VideoStream):
                 t = last_t + 1.0 / fps if last_t >= 0 else i / fps  # containers without timestamps: nominal rate
             last_t = t
             if self.gray:
+                if img.dtype != np.uint8:  # not the 8-bit plane the first frames showed (a format change mid-stream)
+                    raise DecodeError(f"{self._path}: luma-only decoding met a {img.dtype} frame; set luma = false")
                 if img.ndim != 2:  # the backend ignored CONVERT_RGB after all
                     img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
                 elif self._lut is not None:
@@ -304,11 +308,11 @@ class OpenCVStream(VideoStream):
             i += 1
 
     def close(self) -> None:
-        """Release the decoder, unless a read is still running after 10 s (a hung decoder): then it is left alone,
+        """Release the decoder, unless a read is still running after JOIN_TIMEOUT_S (a hung decoder): then it is left alone,
         since releasing it under the reading thread could crash the process; that thread is abandoned."""
         if getattr(self, "_cap", None) is None:
             return
-        if not self._reading.acquire(timeout=10.0):
+        if not self._reading.acquire(timeout=JOIN_TIMEOUT_S):
             log.warning("%s: the decoder did not return; leaving it", self._path)
             self._cap = None
             return
@@ -324,31 +328,41 @@ class OpenCVStream(VideoStream):
 _LIMITED_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
 
 
-def _luma_mapping(path: Path) -> str | None:
+def _luma_mapping(path: Path, max_frames: int = 30) -> str | None:
     """"full" or "limited": how this file's luma plane relates to the gray of its BGR decode; None when OpenCV's
     luma-only output is not a plain 8-bit luma plane for this pixel format (then decode in colour).
 
     OpenCV documents CONVERT_RGB=0 for FFmpeg as "at your own risk": it returns the first plane of the decoder's native
-    format as 8-bit, which is the luma for 8-bit YUV (almost all video) and garbage for 10-bit or packed RGB. So the
-    first frame is decoded both ways and compared: the median error must be under 2 grey levels."""
+    format, which is the 8-bit luma for 8-bit YUV (almost all video), and 16-bit or garbage for gray16, 10-bit or packed
+    RGB. So the first frames are decoded both ways and compared: the right mapping has a median error of at most 2 grey
+    levels (chroma rounding), no mapping within 6 means it is not a luma plane. A frame whose levels fit both mappings
+    (a uniform grey slate: they differ little around 110) decides nothing; the first frame where one mapping is clearly
+    better (by >= 3 levels) decides; still undecided after `max_frames` -> colour."""
     import cv2
 
     ref_cap, luma_cap = cv2.VideoCapture(str(path)), cv2.VideoCapture(str(path))
     try:
         if not luma_cap.set(cv2.CAP_PROP_CONVERT_RGB, 0):
             return None
-        ok_a, bgr = ref_cap.read()
-        ok_b, y = luma_cap.read()
+        tables = (("full", np.arange(256, dtype=np.uint8)), ("limited", _LIMITED_TO_FULL))
+        for _ in range(max_frames):
+            ok_a, bgr = ref_cap.read()
+            ok_b, y = luma_cap.read()
+            if not ok_a or not ok_b or bgr is None or y is None:
+                return None
+            if y.dtype != np.uint8 or bgr.dtype != np.uint8 or y.ndim != 2 or bgr.ndim != 3 or y.shape != bgr.shape[:2]:
+                return None
+            gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).astype(np.int16)
+            errors = sorted((float(np.median(np.abs(lut[y].astype(np.int16) - gray))), name) for name, lut in tables)
+            (best, name), (other, _) = errors
+            if best > 6.0:
+                return None  # neither mapping: not a luma plane
+            if best <= 2.0 and other - best >= 3.0:
+                return name
+        return None
     finally:
         ref_cap.release()
         luma_cap.release()
-    if not ok_a or not ok_b or bgr is None or y is None or y.ndim != 2 or bgr.ndim != 3 or y.shape != bgr.shape[:2]:
-        return None
-    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).astype(np.int16)
-    errors = {name: float(np.median(np.abs(lut[y].astype(np.int16) - gray)))
-              for name, lut in (("full", np.arange(256, dtype=np.uint8)), ("limited", _LIMITED_TO_FULL))}
-    best = min(errors, key=lambda k: errors[k])
-    return best if errors[best] < 2.0 else None
 
 
 def _warn_short(path: Path, decoded: int, expected: int, cause: str) -> None:
@@ -419,15 +433,17 @@ JOIN_TIMEOUT_S = 10.0  # how long closing a prefetch waits for its thread before
 
 
 def _lower_thread_priority(increment: int) -> None:
-    """Make the calling thread nicer by `increment` (Linux, where setpriority takes a thread id; elsewhere a no-op).
+    """Make the calling thread `increment` nicer than the process's main thread (Linux, where setpriority takes a thread
+    id; elsewhere a no-op). A helper started from another helper inherits its nice value and is not lowered twice.
 
     Helper threads that run ahead through a bounded queue can yield to the thread that is the bottleneck: they catch up
     whenever it waits for them, so nothing is lost, and others' processes only ever see us nicer."""
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
+        base = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the main thread's: nested helpers do not add up
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, max(base + increment, os.getpriority(os.PRIO_PROCESS, tid))))
 
 
 def prefetch(frames: Iterator[T], maxsize: int = 16, name: str = "au-annotate-decode", nice: int = 0,
@@ -441,22 +457,26 @@ def prefetch(frames: Iterator[T], maxsize: int = 16, name: str = "au-annotate-de
     q: queue.Queue[object] = queue.Queue(maxsize=maxsize)
     stop = threading.Event()
 
+    def put(item: object) -> bool:
+        """Hand an item over unless the consumer left (then never block: nobody will read it)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def worker() -> None:
         if nice:
             _lower_thread_priority(nice)
         try:
             for f in frames:
-                while not stop.is_set():
-                    try:
-                        q.put(f, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(f):
                     return
-            q.put(_END)
+            put(_END)
         except BaseException as e:  # handed to the consumer
-            q.put(e)
+            put(e)
         finally:
             close = getattr(frames, "close", None)
             if close is not None:  # a generator (e.g. a stage over an inner prefetch): stop its threads here, now

@@ -33,6 +33,7 @@ THUMB_SIZE = 96  # apex thumbnails kept per window for the HTML report (9 KB eac
 # The decode and face threads run ahead of the spotter (the slowest stage) through bounded queues; a lower priority
 # for them lets the spotter have a core when all are runnable (measured: ~15 % more frames/s on 2 cores).
 HELPER_NICE = 5
+FACE_STALL_EXTRA_S = 30.0  # the face stage's stall timeout is the decoder's plus this (a backstop: decode reports first)
 
 
 class NoFaceError(RuntimeError):
@@ -204,7 +205,7 @@ def process_video(
         last_pts = 0.0
         # the face stage's own stall timeout is a backstop: a stalled decoder is reported by the face thread first
         stage = prefetch(tracked(), maxsize=32, name="au-annotate-face", nice=HELPER_NICE,
-                         stall_s=settings.stall_timeout_s + 30.0)
+                         stall_s=settings.stall_timeout_s + FACE_STALL_EXTRA_S)
         with _stall_as_decode_error(job, settings), contextlib.closing(stage):  # threads stop before the file closes
             for index, pts_s, faces, alive in stage:
                 t2 = time.perf_counter()
@@ -259,9 +260,10 @@ def _stall_as_decode_error(job: VideoJob, settings: Settings) -> Iterator[None]:
     try:
         yield
     except StallError as e:
-        stage = "decoding" if "decode" in str(e) else "face tracking"
-        raise DecodeError(f"{job.path}: {stage} stalled: no frame for {settings.stall_timeout_s:g} s (a hung decoder "
-                          "or unreachable storage)") from None
+        decode = "decode" in str(e)
+        waited = settings.stall_timeout_s + (0.0 if decode else FACE_STALL_EXTRA_S)
+        raise DecodeError(f"{job.path}: {'decoding' if decode else 'face tracking'} stalled: no frame for {waited:g} s "
+                          "(a hung decoder or unreachable storage)") from None
 
 
 @contextlib.contextmanager

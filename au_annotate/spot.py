@@ -429,7 +429,7 @@ class RoiFlowSpotter:
         gy, gx = np.mgrid[face[0], face[1]]
         design = np.stack([np.ones(gx.size), gx.ravel(), gy.ravel()], axis=1)
         top_col = nmax - tops  # column of each region's tops[r]-th largest magnitude after an ascending partition
-        pad = np.where(valid, 0.0, -1.0).astype(np.float32)
+        pad = np.where(valid, 0.0, -np.inf).astype(np.float32)  # padding never reaches a region's top-k
         geo = _Geometry(flat, valid, coords, tops, face, design, np.linalg.inv(design.T @ design + 1e-6 * np.eye(3)),
                         top_col, np.unique(top_col), pad)
         if len(self._roi_cache) > 64:
@@ -444,12 +444,12 @@ class RoiFlowSpotter:
         coef = _fit_affine(flow[geo.face].reshape(-1, 2), geo.design, geo.normal_inv).astype(np.float32)
         r, nmax = geo.flat.shape
         v = (flow.reshape(-1, 2)[geo.flat.ravel()] - geo.coords.reshape(-1, 3) @ coef).reshape(r, nmax, 2)  # residual
-        mag = np.einsum("rnc,rnc->rn", v, v) + geo.pad  # squared magnitude; padding entries at -1
+        mag = np.einsum("rnc,rnc->rn", v, v) + geo.pad  # squared magnitude; padding entries at -inf
         # mean of each region's `tops[r]` strongest vectors: threshold at its tops[r]-th largest magnitude (one
         # partition for all regions), then a masked sum (ties at the threshold are rare and all kept)
         part = np.partition(mag, geo.kth, axis=1)
         thr = part[np.arange(len(mag)), geo.top_col]
-        sel = (mag >= thr[:, None]).astype(np.float32)
+        sel = ((mag >= thr[:, None]) & geo.valid).astype(np.float32)
         out = np.matmul(sel[:, None, :], v)[:, 0] / sel.sum(1)[:, None]
         return (out * np.float32(REF_SIZE / self.config.flow_size)).astype(np.float32)
 
@@ -617,7 +617,7 @@ class _Geometry:
     normal_inv: np.ndarray  # (design^T design + eps I)^-1, for the first affine fit
     top_col: np.ndarray  # (R,) column of the tops[r]-th largest value in an ascending partition of a (R, Nmax) row
     kth: np.ndarray  # the distinct top_col values (np.partition's kth)
-    pad: np.ndarray  # (R, Nmax) float32: 0 for ROI pixels, -1 for padding (below any squared magnitude)
+    pad: np.ndarray  # (R, Nmax) float32: 0 for ROI pixels, -inf for padding (below any squared magnitude)
 
 
 def _fit_affine(u: np.ndarray, design: np.ndarray, normal_inv: np.ndarray | None = None) -> np.ndarray:

@@ -225,10 +225,17 @@ def test_prefetch_nice_lowers_only_the_helper_thread() -> None:
         seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         yield from range(3)
 
+    def nested() -> Iterator[int]:  # a helper started from a helper (the pipeline's decode thread) is not lowered twice
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        yield from prefetch(items(), nice=5)
+
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert list(prefetch(items(), nice=5)) == [0, 1, 2]
     assert seen == [min(19, mine + 5)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+    seen.clear()
+    assert list(prefetch(nested(), nice=5)) == [0, 1, 2]
+    assert seen == [min(19, mine + 5)] * 2
 
 
 def test_a_hung_decoder_fails_its_video_after_the_stall_timeout(tmp_path, monkeypatch) -> None:  # noqa: ANN001
@@ -278,3 +285,30 @@ def test_a_hung_decoder_fails_its_video_after_the_stall_timeout(tmp_path, monkey
     monkeypatch.undo()
     work = pipeline.process_video(job, DEFAULTS)  # the next video (here the same file, not hung) is processed
     assert work.frames == 30
+
+
+def test_closing_never_releases_the_decoder_under_a_reading_thread(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """OpenCVStream.close() waits for a read in progress; if it does not end (a decoder hung in native code), the
+    capture is left alone (releasing it under the reading thread could crash the process) and close returns."""
+    import cv2
+    import pytest
+
+    import au_annotate.decode as decode
+    from au_annotate.synth import make_video
+
+    clip = make_video(tmp_path / "v.mp4", fps=30, duration_s=0.5, size=(160, 120), seed=5).path
+    monkeypatch.setattr(decode, "JOIN_TIMEOUT_S", 0.3)
+    stream = decode.open_video(clip, "opencv", gray=True)
+    cap = stream._cap  # noqa: SLF001
+    stream._reading.acquire()  # noqa: SLF001 - a read that never returns
+    t0 = time.monotonic()
+    stream.close()
+    assert time.monotonic() - t0 < 2 and stream._cap is None  # noqa: SLF001
+    assert cap.isOpened()  # not released under the "reading" thread
+    stream._reading.release()  # noqa: SLF001
+    with pytest.raises(decode.DecodeError, match="closed"):
+        list(stream)  # a given-up stream decodes nothing more
+    cap.release()
+    other = decode.open_video(clip, "opencv", gray=True)
+    other.close()  # the ordinary case: released at once
+    assert other._cap is None and cv2 is not None  # noqa: SLF001

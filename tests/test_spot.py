@@ -146,3 +146,34 @@ def test_a_movement_next_to_a_blink_is_not_swallowed_by_it() -> None:
     windows, _, _ = run(30.0, 3.0, events, noise_sigma=2.0, seed=5)
     assert micro_f1(windows, events, 30.0) == (1, 0, 0), windows
     assert any(w.kind == "blink" and w.onset >= 58 for w in windows)
+
+
+def test_region_motion_is_the_mean_of_each_regions_strongest_residuals() -> None:
+    """The vectorised region statistic equals a plain per-region loop: affine head motion removed, then the mean of the
+    `top_fraction` strongest residual vectors of that region's own pixels. The flow moves only in one corner of the
+    crop (background), where the padding of the smaller regions' table points: padding must never be counted."""
+    from au_annotate.spot import REF_SIZE, _fit_affine
+
+    n = 128
+    sp = RoiFlowSpotter(30.0, {"flow_size": n})
+    rng = np.random.default_rng(0)
+    flow = (rng.normal(0, 0.05, (n, n, 2))).astype(np.float32)
+    flow[:30, :30] += np.float32([3.0, -2.0])  # background motion in the top-left corner
+    flow[40:52, 40:60, 1] -= 1.5  # a brow moving up
+    sp._dis = type("FixedFlow", (), {"calc": lambda self, a, b, out: flow})()  # noqa: SLF001
+    lm = np.array([[45.0, 62.0], [83.0, 62.0], [64.0, 80.0], [50.0, 98.0], [78.0, 98.0]])
+    img = np.zeros((n, n), np.uint8)
+    got = sp._region_motion(img, img, lm)  # noqa: SLF001
+
+    geo = sp._rois(lm)  # noqa: SLF001
+    coef = _fit_affine(flow[geo.face].reshape(-1, 2), geo.design).astype(np.float32)
+    want = []
+    for r in range(len(geo.tops)):
+        idx = geo.flat[r][geo.valid[r]]
+        ys, xs = np.divmod(idx, n)
+        v = flow[ys, xs] - np.stack([np.ones_like(xs), xs, ys], 1).astype(np.float32) @ coef
+        top = np.argsort(-(v ** 2).sum(1), kind="stable")[: geo.tops[r]]
+        want.append(v[top].mean(0))
+    want = np.asarray(want) * np.float32(REF_SIZE / n)
+    assert geo.valid.sum(1).min() < geo.valid.shape[1]  # some regions are padded
+    assert np.allclose(got, want, atol=1e-4), np.abs(got - want).max()

@@ -107,6 +107,44 @@ def test_luma_decoding_matches_the_gray_of_colour_decoding(tmp_path: Path, fourc
         assert f.gray().shape == (160, 160) and np.median(diff) <= 1 and np.percentile(diff, 99) <= 3
 
 
+def test_luma_range_is_decided_past_a_grey_slate(tmp_path: Path) -> None:
+    """Limited- and full-range luma differ by little around grey level 110: a clip that opens on a uniform grey slate
+    must not be taken for full range on its first frame (its face frames would then be off by up to 20 levels)."""
+    from skimage import data
+
+    face = cv2.cvtColor(cv2.resize(data.astronaut(), (160, 160), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
+    p = tmp_path / "slate.mp4"
+    w = cv2.VideoWriter(str(p), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (160, 160))
+    for i in range(12):
+        w.write(np.full_like(face, 113) if i < 6 else np.roll(face, i, axis=1))
+    w.release()
+    with open_video(p, "opencv", gray=True) as s:
+        frames = list(s)
+        assert s.gray  # type: ignore[attr-defined]
+    with open_video(p, "opencv") as s:
+        reference = [f.gray() for f in s]
+    for f, ref in zip(frames, reference, strict=True):
+        diff = np.abs(f.gray().astype(int) - ref.astype(int))
+        assert np.percentile(diff, 99) <= 3  # taken for full range, the face frames were off by a median of 9
+        assert np.median(diff) <= (2 if f.index < 6 else 1)
+
+
+def test_luma_decoding_falls_back_to_colour_for_16_bit_gray(tmp_path: Path) -> None:
+    """A gray16 video's first plane is 16-bit: luma-only decoding must decode it in colour (8-bit), not fail."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs the ffmpeg program")
+    p = tmp_path / "g16.mkv"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10",
+                    "-frames:v", "5", "-c:v", "ffv1", "-pix_fmt", "gray16le", str(p)], check=True)
+    with open_video(p, "auto", gray=True) as s:
+        frames = list(s)
+        assert not getattr(s, "gray", False)
+    assert len(frames) == 5 and frames[0].image.dtype == np.uint8 and frames[0].gray().shape == (48, 64)
+
+
 def test_luma_decoding_is_silent_even_when_cv2_was_imported_first(tmp_path: Path) -> None:
     """OpenCV logs a warning per luma-only frame at its default level; the decoder keeps stderr clean even when the
     caller imported cv2 before au_annotate (so OPENCV_LOG_LEVEL from the package came too late)."""
