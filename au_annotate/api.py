@@ -59,8 +59,8 @@ def _run_lock(out_dir: Path) -> Iterator[None]:
     clear message instead of interleaving its manifest and sweeping the first run's temporary files.
 
     An advisory `flock` on a file in the folder: the kernel drops it when the process ends however it ends, so a
-    killed run leaves no stale lock. Where `fcntl` does not exist (Windows), or the file system cannot lock (NFS
-    mounted `nolock`, some FUSE/SMB mounts), the run goes on unlocked."""
+    killed run leaves no stale lock. Where `fcntl` does not exist (Windows), or the file system refuses locks (NFS
+    without a lock manager), the run goes on unlocked; on NFS mounted `nolock`/`local_lock` the lock is local only."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows

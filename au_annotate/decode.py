@@ -5,7 +5,7 @@ OpenCV `VideoCapture` is the default (`auto`), decord the fallback. Frames are r
 decord's seek lands on keyframes) and time-stamped from the container (variable frame rate safe). Colour frames come as
 the backend decodes them (OpenCV BGR, decord RGB; `Frame.order` says which). With `gray=True` the OpenCV backend hands
 over the luma plane only (`CAP_PROP_CONVERT_RGB` off: no YUV -> BGR conversion, a third of the bytes), mapped to the
-values a BGR -> gray conversion gives, after checking on the first frame that this file's pixel format allows it.
+values a BGR -> gray conversion gives, after comparing its first frames (up to 30) with a colour decode.
 A bounded prefetch thread overlaps decoding with the rest of the pipeline without holding the video in memory.
 """
 
@@ -232,7 +232,8 @@ class OpenCVStream(VideoStream):
     """cv2.VideoCapture read sequentially; times from CAP_PROP_POS_MSEC (the frame's own timestamp).
 
     `gray=True` asks for luma-only frames (order "gray"); the stream falls back to colour when the file's pixel format
-    does not decode to a plain 8-bit luma plane (10-bit, RGB or palette video): `self.gray` says what it delivers."""
+    does not decode to a plain 8-bit luma plane (10-bit, 16-bit, RGB video) or its first frames leave the range
+    undecided: `self.gray` says what it delivers."""
 
     def __init__(self, path: Path, gray: bool = False) -> None:
         import cv2

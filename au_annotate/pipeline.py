@@ -2,7 +2,7 @@
 
 Frames stream through three threads joined by bounded queues: decoding, face tracking, and (here) spotting + flow, so
 the stages overlap on several cores (OpenCV releases the GIL); OpenCV's own thread pool is turned off meanwhile, since
-these threads and the worker processes already use the cores. The decode and face threads run at a lower priority
+these threads and the worker processes already use the cores (FFmpeg's decoder still runs its own threads). The decode and face threads run at a lower priority
 (HELPER_NICE): the spotter is the slowest stage, and they catch up whenever it waits for them. Nothing holds the whole
 video. A ring buffer keeps the aligned crops of the last
 `spotter.max_latency_frames` frames, so when the spotter closes a window its onset and apex crops are still at hand.

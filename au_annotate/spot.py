@@ -91,7 +91,7 @@ class SpotConfig:
     min_motion_px: float = 0.1  # floor of the threshold, in pixels of a 224-px crop (noise-free video)
     history_s: float = 30.0  # sliding history for the noise level
     warmup_s: float = 1.0  # history needed before the first decision (early decisions wait for it)
-    min_gap_s: float | None = None  # peaks closer than this merge (default: k_s)
+    min_gap_s: float | None = None  # peaks closer than this merge (default: 2 k_s)
     max_micro_s: float = 0.5  # micro-expression if onset..offset lasts at most this
     max_window_s: float = 4.0  # longest window reported (macro cap)
     extent_fraction: float = 0.8  # onset/offset where the displacement from the apex reaches this share of its plateau

@@ -54,7 +54,7 @@ def annotate(inputs: tuple[Path, ...], out_dir: Path, config_file: Path | None, 
     under OUTPUT (mirroring the input layout), plus OUTPUT/segments.csv for all videos.
 
     Exit codes: 0 all videos processed, 1 some videos failed, 2 usage error (bad option, missing input, no videos,
-    unwritable output, unusable weights), 130 interrupted.
+    unwritable output or one another run is writing to, unusable weights or rules), 130 interrupted.
     """
     from rich.console import Console
 

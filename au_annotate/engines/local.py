@@ -20,7 +20,7 @@ from au_annotate.settings import Settings
 
 
 def default_jobs() -> int:
-    """A sensible number of worker processes: one per two cores. One video already keeps about 1.5 cores busy (its
+    """A sensible number of worker processes: one per two cores. One video already keeps about 1.7 cores busy (its
     decode, face and spotting threads); measured on 2 cores: --jobs 2 ran 1.00x --jobs 1 (409 vs 411 frames/s)."""
     return max(1, (os.cpu_count() or 1) // 2)
 

@@ -61,7 +61,7 @@ def _video_task(index: int, job: VideoJob, settings: Settings, progress: Any, vi
     """Body of one Ray task: run one video and report (start, cumulative frames) to the progress actor."""
     import cv2
 
-    # Ray reserves one CPU per task, and a video's own threads (decode, face, spot) already keep ~1.5 cores busy:
+    # Ray reserves one CPU per task, and a video's own threads (decode, face, spot) already keep ~1.7 cores busy:
     # OpenCV's thread pool on top would only oversubscribe the node (process_video also turns it off per video)
     cv2.setNumThreads(1)
     count = 0
