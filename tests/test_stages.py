@@ -79,11 +79,14 @@ def test_decode_backends_agree(tmp_path: Path) -> None:
     assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def _write_face_clip(path: Path, fourcc: str, n: int = 6) -> None:
+def _write_face_clip(path: Path, fourcc: str, n: int = 6, slate: int = 0) -> None:
+    """n frames of a moving 160-px astronaut face, after `slate` uniform grey (113) frames."""
     from skimage import data
 
     face = cv2.cvtColor(cv2.resize(data.astronaut(), (160, 160), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
     w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 25.0, (160, 160))
+    for _ in range(slate):
+        w.write(np.full_like(face, 113))
     for i in range(n):
         w.write(np.roll(face, 2 * i, axis=1))
     w.release()
@@ -110,14 +113,8 @@ def test_luma_decoding_matches_the_gray_of_colour_decoding(tmp_path: Path, fourc
 def test_luma_range_is_decided_past_a_grey_slate(tmp_path: Path) -> None:
     """Limited- and full-range luma differ by little around grey level 110: a clip that opens on a uniform grey slate
     must not be taken for full range on its first frame (its face frames would then be off by up to 20 levels)."""
-    from skimage import data
-
-    face = cv2.cvtColor(cv2.resize(data.astronaut(), (160, 160), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
     p = tmp_path / "slate.mp4"
-    w = cv2.VideoWriter(str(p), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (160, 160))
-    for i in range(12):
-        w.write(np.full_like(face, 113) if i < 6 else np.roll(face, i, axis=1))
-    w.release()
+    _write_face_clip(p, "mp4v", n=6, slate=6)
     with open_video(p, "opencv", gray=True) as s:
         frames = list(s)
         assert s.gray  # type: ignore[attr-defined]
