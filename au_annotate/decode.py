@@ -104,6 +104,9 @@ class _NativeStderr:
     """Captures what native code (FFmpeg, dmlc logging) writes to file descriptor 2 while opening a file, so the
     terminal stays clean and the useful line ("moov atom not found") can become our one-line reason."""
 
+    _lock = threading.Lock()
+    _active: dict[int, int] = {}  # id of a running capture -> its saved copy of the real fd 2
+
     def __init__(self) -> None:
         self.text = ""
 
@@ -116,14 +119,27 @@ class _NativeStderr:
             yield self
             return
         with tempfile.TemporaryFile() as tmp:
-            os.dup2(tmp.fileno(), 2)
+            with self._lock:
+                os.dup2(tmp.fileno(), 2)
+                self._active[id(self)] = saved
             try:
                 yield self
             finally:
-                os.dup2(saved, 2)
+                with self._lock:
+                    if self._active.pop(id(self), None) is not None:  # not already undone by restore()
+                        os.dup2(saved, 2)
                 os.close(saved)
                 tmp.seek(0)
                 self.text = tmp.read().decode("utf-8", "replace")
+
+    @classmethod
+    def restore(cls) -> None:
+        """Give fd 2 back to the real stderr while a capture is stuck (an open abandoned after the stall timeout):
+        the rest of the run's messages must not vanish into that capture's file."""
+        with cls._lock:
+            if cls._active:
+                os.dup2(next(iter(cls._active.values())), 2)  # the first capture saved the real stderr
+                cls._active.clear()
 
     def reason(self) -> str:
         """The most telling captured line, without FFmpeg's '[mov,mp4 @ 0x..]' prefixes and file paths."""
@@ -135,6 +151,11 @@ class _NativeStderr:
             if line and "No such file" not in line:
                 lines.append(line)
         return clean_cause(lines[-1]) if lines else ""
+
+
+def restore_native_stderr() -> None:
+    """Undo a stuck open's capture of file descriptor 2 (see _NativeStderr.restore)."""
+    _NativeStderr.restore()
 
 
 class DecordStream(VideoStream):
@@ -176,7 +197,7 @@ class DecordStream(VideoStream):
                               duration_s=duration)
 
     def __iter__(self) -> Iterator[Frame]:
-        # A fresh reader starts at frame 0; we never call decord's seek (it lands on keyframes, see DESIGN.md).
+        # A fresh reader starts at frame 0; we never call decord's seek (it can land on a keyframe instead of the frame asked for).
         try:
             vr = self._decord.VideoReader(str(self._path), ctx=self._decord.cpu(0), num_threads=1)
         except Exception as e:

@@ -1,6 +1,6 @@
 """MEGC spotting evaluation: match predicted windows to ground-truth intervals and report precision, recall and F1.
 
-The protocol (MEGC 2019-2023 spotting challenges, DESIGN.md "Spotting"):
+The protocol (MEGC 2019-2023 spotting challenges; README "Scoring against ground truth"):
 
 - A prediction matches a ground-truth interval of the same video when IoU >= 0.5, with inclusive frame counts:
   IoU = (min(offsets) - max(onsets) + 1) / (len_a + len_b - intersection), len = offset - onset + 1.

@@ -1,6 +1,6 @@
 """HTNet (NesT-style hierarchical transformer) for multi-label AU logits from 28x28 flow pictures; no I/O here.
 
-The module layout reproduces the seed checkpoint's state-dict names and shapes exactly (DESIGN.md "Model"), so its
+The module layout reproduces the seed checkpoint's state-dict names and shapes exactly (listed in tests/test_model.py), so its
 published plain state dict loads with ``strict=True``. Unlike the seed, ``forward`` returns logits: apply the sigmoid
 once, outside (the seed's sigmoid sat inside the model and its evaluation added a second one).
 

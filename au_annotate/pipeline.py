@@ -13,6 +13,7 @@ batch runner for all videos (api.py / infer.py).
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from array import array
 from collections import deque
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from au_annotate.decode import DecodeError, StallError, open_video, prefetch
+from au_annotate.decode import DecodeError, StallError, VideoStream, open_video, prefetch, restore_native_stderr
 from au_annotate.face import FaceDetector, FaceTracker, parse_faces
 from au_annotate.flow import flow_picture, mosaic_picture
 from au_annotate.records import AlignedFace, FlowSample, VideoInfo, VideoJob, Window
@@ -134,7 +135,7 @@ def process_video(
 
     Raises DecodeError for unreadable video and NoFaceError when no frame had a face."""
     times = StageTimes()
-    with _single_threaded_opencv(), open_video(job.path, settings.decoder, gray=settings.luma) as stream:
+    with _single_threaded_opencv(), _open_within_timeout(job, settings) as stream:
         info = stream.info
         if on_start:
             on_start(info)
@@ -252,6 +253,42 @@ def process_video(
     sig = np.frombuffer(signal, dtype=np.float32).reshape(-1, 2).copy() if len(signal) else np.zeros((0, 2), np.float32)
     return VideoWork(job=job, info=info, samples=samples, frames=frames, frames_with_face=with_face,
                      faces=len(tracker.face_ids), signal=sig, times=times)
+
+
+def _open_within_timeout(job: VideoJob, settings: Settings) -> VideoStream:
+    """open_video in a helper thread, bounded by the stall timeout: opening a file on storage that stopped answering
+    (and the luma probe's first frames) must fail that video, not hang the run. An abandoned open that completes later
+    closes its own stream; one stuck in native code stays behind as a daemon thread."""
+    box: dict[str, object] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            stream = open_video(job.path, settings.decoder, gray=settings.luma)
+        except BaseException as e:  # noqa: BLE001 - handed over to the caller below
+            with lock:
+                box["error"] = e
+                done.set()
+            return
+        with lock:
+            if box.get("abandoned"):
+                stream.close()  # the caller gave up on it already
+            else:
+                box["stream"] = stream
+            done.set()
+
+    threading.Thread(target=work, name="au-annotate-open", daemon=True).start()
+    done.wait(settings.stall_timeout_s)
+    with lock:
+        if not done.is_set():
+            box["abandoned"] = True
+            restore_native_stderr()  # an open stuck in native code may hold stderr captured
+            raise DecodeError(f"{job.path}: opening stalled: no answer for {settings.stall_timeout_s:g} s (a hung "
+                              "decoder or unreachable storage)")
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["stream"]  # type: ignore[return-value]
 
 
 @contextlib.contextmanager

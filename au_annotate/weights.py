@@ -39,7 +39,7 @@ AU_ORDERS: dict[str, tuple[str, ...]] = {"seed25": SEED25_AU_ORDER}
 
 DEFAULT_WEIGHTS = "htnet-samm"
 
-# What the seed data and our pipeline feed the model (DESIGN.md "Encoding"); stored in every checkpoint we write.
+# What the seed data and our pipeline feed the model (flow.py's docstring); stored in every checkpoint we write.
 DEFAULT_INPUT_META: dict[str, Any] = {
     "encoding": "seed-hsv",  # H = angle/2, S = 255, V = min-max(magnitude), HSV->RGB, 28x28 INTER_AREA
     "layout": "face",  # or "mosaic" (official HTNet: 2x2 patches around eyes and mouth corners); as Settings.input_layout

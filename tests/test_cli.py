@@ -86,10 +86,14 @@ def test_api_returns_what_the_cli_wrote(annotated, tmp_path) -> None:
     assert [r.status for r in report.results] == ["failed", "done", "done"]
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "unwritable"])
+@pytest.mark.parametrize("case", ["missing", "empty", "unwritable", "bad-config-value"])
 def test_bad_invocations_give_one_line_and_exit_2(tmp_path: Path, planted_clips, case: str) -> None:
     clips = planted_clips[1]
-    if case == "missing":
+    if case == "bad-config-value":
+        cfg = tmp_path / "c.toml"
+        cfg.write_text("stall_timeout_s = -1\n")
+        args = [str(clips[0].path), "-o", str(tmp_path / "o"), "--config", str(cfg)]
+    elif case == "missing":
         args = [str(tmp_path / "no-such-folder"), "-o", str(tmp_path / "o")]
     elif case == "empty":
         (tmp_path / "empty").mkdir()

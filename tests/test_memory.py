@@ -287,6 +287,54 @@ def test_a_hung_decoder_fails_its_video_after_the_stall_timeout(tmp_path, monkey
     assert work.frames == 30
 
 
+def test_a_video_whose_opening_hangs_fails_after_the_stall_timeout(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Opening a file (and the luma probe reading its first frames) is bounded by the stall timeout too: a file on
+    storage that stopped answering fails its video with one line, stderr is given back (the stuck open had it
+    captured), and an open that completes after all closes the stream it made."""
+    import os
+    from pathlib import PurePosixPath
+
+    import cv2
+    import pytest
+
+    import au_annotate.decode as decode
+    import au_annotate.pipeline as pipeline
+    from au_annotate.decode import DecodeError
+    from au_annotate.records import VideoJob
+    from au_annotate.settings import DEFAULTS
+    from au_annotate.synth import make_video
+
+    clip = make_video(tmp_path / "v.mp4", fps=30, duration_s=0.5, size=(160, 120), seed=6).path
+    job = VideoJob(path=clip, rel=PurePosixPath("v.mp4"), out_dir=tmp_path)
+    release, closed = threading.Event(), threading.Event()
+    real_capture, real_close = cv2.VideoCapture, decode.OpenCVStream.close
+
+    def hanging_capture(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        release.wait()  # what opening a file on unreachable storage looks like from Python (inside the stderr capture)
+        return real_capture(*a, **kw)
+
+    def close(self) -> None:  # noqa: ANN001
+        real_close(self)
+        closed.set()
+
+    monkeypatch.setattr(cv2, "VideoCapture", hanging_capture)
+    monkeypatch.setattr(decode.OpenCVStream, "close", close)
+    stderr_before = os.fstat(2)
+    t0 = time.monotonic()
+    with pytest.raises(DecodeError, match=r"v\.mp4: opening stalled: no answer for 1 s"):
+        pipeline.process_video(job, DEFAULTS.replace(stall_timeout_s=1.0, decoder="opencv"))
+    assert time.monotonic() - t0 < 10
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (stderr_before.st_dev, stderr_before.st_ino)  # not left in the capture
+    release.set()  # the open completes after the caller gave up: its stream is closed, not leaked
+    assert closed.wait(30)
+    monkeypatch.undo()
+    with pytest.raises(DecodeError, match="not a file"):  # an ordinary open error still comes through as itself
+        pipeline.process_video(VideoJob(path=tmp_path / "nope.mp4", rel=PurePosixPath("nope.mp4"), out_dir=tmp_path),
+                               DEFAULTS)
+    assert pipeline.process_video(job, DEFAULTS).frames == 15
+
+
 def test_closing_never_releases_the_decoder_under_a_reading_thread(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     """OpenCVStream.close() waits for a read in progress; if it does not end (a decoder hung in native code), the
     capture is left alone (releasing it under the reading thread could crash the process) and close returns."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from au_annotate.model import HTNet, HTNetConfig
 
-# The seed's published checkpoint (best_htnet_model.pth): 56 tensors, names and shapes as DESIGN.md lays them out.
+# The seed's published checkpoint (best_htnet_model.pth): 56 tensors, names and shapes as that file holds them.
 SEED_STATE_SHAPES: list[tuple[str, tuple[int, ...]]] = [
     ("to_patch_embedding.1.weight", (64, 147, 1, 1)),
     ("to_patch_embedding.1.bias", (64,)),
