@@ -303,16 +303,32 @@ def _stall_as_decode_error(job: VideoJob, settings: Settings) -> Iterator[None]:
                           "(a hung decoder or unreachable storage)") from None
 
 
+class _Tuning:
+    """What _single_threaded_opencv changed, and for how many running videos."""
+
+    lock = threading.Lock()
+    users = 0
+    cv2_threads = 0
+
+
 @contextlib.contextmanager
 def _single_threaded_opencv() -> Iterator[None]:
-    """OpenCV's thread pool off while a video runs: the pipeline's threads and worker processes already use the cores,
-    and the pool's synchronisation on small images only costs CPU (measured: 15 % more CPU for the same frames/s)."""
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(1)
+    """OpenCV's thread pool off while at least one video runs: the pipeline's threads and worker processes already use
+    the cores, and the pool's synchronisation on small images only costs CPU (measured: 15 % more CPU for the same
+    frames/s). The first video in turns it off, the last one out restores it (process_video calls overlapping in one
+    process, from an API user's threads, must not restore it under each other)."""
+    with _Tuning.lock:
+        if _Tuning.users == 0:
+            _Tuning.cv2_threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+        _Tuning.users += 1
     try:
         yield
     finally:
-        cv2.setNumThreads(before)
+        with _Tuning.lock:
+            _Tuning.users -= 1
+            if _Tuning.users == 0:
+                cv2.setNumThreads(_Tuning.cv2_threads)
 
 
 _DETECTOR: FaceDetector | None = None

@@ -210,6 +210,28 @@ def test_pipeline_threads_stop_when_a_stage_fails(tmp_path, monkeypatch) -> None
         assert cv2.getNumThreads() == threads_before
 
 
+def test_opencv_threads_are_restored_by_the_last_of_overlapping_videos() -> None:
+    """Two videos processed at once in one process (API users' threads): OpenCV's pool stays off until the last one
+    ends, and then is exactly what it was before."""
+    import cv2
+
+    from au_annotate.pipeline import _single_threaded_opencv
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(max(2, before))
+    try:
+        first, second = _single_threaded_opencv(), _single_threaded_opencv()
+        first.__enter__()
+        second.__enter__()
+        assert cv2.getNumThreads() == 1
+        first.__exit__(None, None, None)  # the first video ends while the second still runs
+        assert cv2.getNumThreads() == 1
+        second.__exit__(None, None, None)
+        assert cv2.getNumThreads() == max(2, before)
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_prefetch_nice_lowers_only_the_helper_thread() -> None:
     """prefetch(nice=5) runs its thread 5 nice levels below the caller (Linux); the caller keeps its priority."""
     import os
