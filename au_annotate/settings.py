@@ -25,7 +25,7 @@ class Settings:
     # decode
     decoder: str = "auto"  # auto | decord | opencv
     luma: bool = True  # decode only the luma plane where the backend can (OpenCV): every stage works in gray
-    stall_timeout_s: float = 120.0  # a video whose decoder gives no frame for this long fails (hung decoder, storage)
+    stall_timeout_s: float = 120.0  # a video that does not open, or gives no frame, for this long fails (hung decoder)
     # face
     crop_size: int = 224  # aligned crop side (the seed's 224x224)
     track_template_px: int = 64  # template matching runs on each face downscaled (integer factor) to about this side
