@@ -4,8 +4,9 @@ Backends share one small interface (`open_video(path, backend)` -> `VideoStream`
 OpenCV `VideoCapture` is the default (`auto`), decord the fallback. Frames are read strictly sequentially (no `seek`:
 decord's seek lands on keyframes) and time-stamped from the container (variable frame rate safe). Colour frames come as
 the backend decodes them (OpenCV BGR, decord RGB; `Frame.order` says which). With `gray=True` the OpenCV backend hands
-over the luma plane only (`CAP_PROP_CONVERT_RGB` off: no YUV -> BGR conversion, a third of the bytes), mapped to the
-values a BGR -> gray conversion gives, after comparing its first frames (up to 30) with a colour decode.
+over the luma plane only (`CAP_PROP_CONVERT_RGB` off: no YUV -> BGR conversion, a third of the bytes), after comparing
+its first frames (up to 30) with a colour decode; limited-range luma comes with the LUT to the values a BGR -> gray
+conversion gives (`Frame.levels`), applied by `Frame.gray()` or, by the face tracker, only where it reads.
 A bounded prefetch thread overlaps decoding with the rest of the pipeline without holding the video in memory.
 """
 
@@ -102,44 +103,64 @@ def clean_cause(text: str, path: Path | None = None) -> str:
 
 class _NativeStderr:
     """Captures what native code (FFmpeg, dmlc logging) writes to file descriptor 2 while opening a file, so the
-    terminal stays clean and the useful line ("moov atom not found") can become our one-line reason."""
+    terminal stays clean and the useful line ("moov atom not found") can become our one-line reason.
+
+    One capture at a time per process (fd 2 is process-wide: overlapping captures from two threads could end out of
+    order and leave fd 2 on a deleted file); an open that starts while another thread captures simply goes uncaptured.
+    An open abandoned after the stall timeout gets fd 2 back from it at once, and its thread never captures again."""
 
     _lock = threading.Lock()
-    _active: dict[int, int] = {}  # id of a running capture -> its saved copy of the real fd 2
+    _owner: int | None = None  # thread id of the capture in progress
+    _saved = -1  # that capture's copy of the real fd 2
+    _abandoned: set[int] = set()  # threads of abandoned opens
 
     def __init__(self) -> None:
         self.text = ""
 
     @contextlib.contextmanager
     def capture(self):  # noqa: ANN201 - context manager
-        try:
-            sys.stderr.flush()
-            saved = os.dup(2)
-        except (OSError, ValueError):  # no real fd 2 (embedded interpreters): nothing to capture
-            yield self
-            return
+        me = threading.get_ident()
+        cls = _NativeStderr
         with tempfile.TemporaryFile() as tmp:
-            with self._lock:
-                os.dup2(tmp.fileno(), 2)
-                self._active[id(self)] = saved
+            saved = -1
+            with cls._lock:
+                if cls._owner is None and me not in cls._abandoned:
+                    try:
+                        sys.stderr.flush()
+                        saved = os.dup(2)
+                        os.dup2(tmp.fileno(), 2)
+                    except (OSError, ValueError):  # no real fd 2 (embedded interpreters): nothing to capture
+                        if saved >= 0:
+                            os.close(saved)
+                        saved = -1
+                    else:
+                        cls._owner, cls._saved = me, saved
             try:
                 yield self
             finally:
-                with self._lock:
-                    if self._active.pop(id(self), None) is not None:  # not already undone by restore()
-                        os.dup2(saved, 2)
-                os.close(saved)
-                tmp.seek(0)
-                self.text = tmp.read().decode("utf-8", "replace")
+                if saved >= 0:
+                    with cls._lock:
+                        if cls._owner == me:  # not already given back by abandon()
+                            os.dup2(saved, 2)
+                            cls._owner, cls._saved = None, -1
+                    os.close(saved)
+                    tmp.seek(0)
+                    self.text = tmp.read().decode("utf-8", "replace")
 
     @classmethod
-    def restore(cls) -> None:
-        """Give fd 2 back to the real stderr while a capture is stuck (an open abandoned after the stall timeout):
-        the rest of the run's messages must not vanish into that capture's file."""
+    def abandon(cls, thread_id: int) -> None:
+        """The open in `thread_id` was given up on: give fd 2 back if it holds it, and never capture there again."""
         with cls._lock:
-            if cls._active:
-                os.dup2(next(iter(cls._active.values())), 2)  # the first capture saved the real stderr
-                cls._active.clear()
+            cls._abandoned.add(thread_id)
+            if cls._owner == thread_id:
+                os.dup2(cls._saved, 2)
+                cls._owner, cls._saved = None, -1
+
+    @classmethod
+    def forget(cls, thread_id: int) -> None:
+        """The abandoned thread has finished: its id may be reused by a new thread, which may capture."""
+        with cls._lock:
+            cls._abandoned.discard(thread_id)
 
     def reason(self) -> str:
         """The most telling captured line, without FFmpeg's '[mov,mp4 @ 0x..]' prefixes and file paths."""
@@ -153,9 +174,14 @@ class _NativeStderr:
         return clean_cause(lines[-1]) if lines else ""
 
 
-def restore_native_stderr() -> None:
-    """Undo a stuck open's capture of file descriptor 2 (see _NativeStderr.restore)."""
-    _NativeStderr.restore()
+def abandon_native_stderr(thread_id: int) -> None:
+    """An open running in `thread_id` was given up on (stall timeout): see _NativeStderr.abandon."""
+    _NativeStderr.abandon(thread_id)
+
+
+def forget_abandoned_thread(thread_id: int) -> None:
+    """An abandoned open's thread is about to end: see _NativeStderr.forget."""
+    _NativeStderr.forget(thread_id)
 
 
 class DecordStream(VideoStream):
@@ -319,10 +345,10 @@ class OpenCVStream(VideoStream):
                 if img.dtype != np.uint8:  # not the 8-bit plane the first frames showed (a format change mid-stream)
                     raise DecodeError(f"{self._path}: luma-only decoding met a {img.dtype} frame; set luma = false")
                 if img.ndim != 2:  # the backend ignored CONVERT_RGB after all
-                    img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-                elif self._lut is not None:
-                    img = cv2.LUT(img, self._lut)  # limited-range luma (16..235) -> the 0..255 gray of a BGR decode
-                yield Frame(index=i, pts_s=t, image=img, order="gray")
+                    yield Frame(index=i, pts_s=t, image=cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), order="gray")
+                else:  # limited-range luma (16..235) carries its LUT to the 0..255 gray of a BGR decode: Frame.gray()
+                    # maps it, and the face tracker maps only the areas it reads (a full 720p frame costs ~0.3 ms)
+                    yield Frame(index=i, pts_s=t, image=img, order="gray", levels=self._lut)
             else:
                 if img.ndim == 2:
                     img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)

@@ -221,7 +221,8 @@ class FaceTracker:
         """Detect faces; re-anchor lost tracks to their faces, start tracks for new faces, leave good tracks alone."""
         self._last_detect = frame.index
         self.detections += 1
-        faces = self.detector.detect(frame.image, frame.order)
+        faces = self.detector.detect(gray, "gray") if frame.order == "gray" else self.detector.detect(frame.image,
+                                                                                                   frame.order)
         if faces:  # faces far smaller than the largest are background clutter or detector false positives
             largest = max(max(f.w, f.h) for f in faces)
             faces = [f for f in faces if max(f.w, f.h) >= MIN_RELATIVE_FACE * largest]
@@ -294,14 +295,24 @@ class FaceTracker:
         return float(score)
 
     def _gray(self, frame: Frame, region: bool = True) -> tuple[np.ndarray, bool]:
-        """(gray, full): the frame in grayscale, either whole or only where the tracks will read it.
+        """(gray, full): the frame in 0..255 grayscale, either whole or only where the tracks will read it.
 
-        On ordinary tracking frames only the union of the tracks' search areas is converted (the rest of the returned
-        array is uninitialised and never read): on a 720p interview that is a third of the frame."""
+        On ordinary tracking frames only the union of the tracks' search areas is converted (colour frames) or mapped
+        to full range (limited-range luma); the rest of the returned array is uninitialised and never read. On a 720p
+        interview that is a third of the frame."""
         img = frame.image
         if frame.order == "gray":
-            return img, True
-        code = cv2.COLOR_BGR2GRAY if frame.order == "bgr" else cv2.COLOR_RGB2GRAY
+            if frame.levels is None:
+                return img, True
+            levels = frame.levels
+
+            def convert(part: np.ndarray) -> np.ndarray:
+                return cv2.LUT(part, levels)
+        else:
+            code = cv2.COLOR_BGR2GRAY if frame.order == "bgr" else cv2.COLOR_RGB2GRAY
+
+            def convert(part: np.ndarray) -> np.ndarray:
+                return cv2.cvtColor(part, code)
         h, w = img.shape[:2]
         active = [t for t in self._tracks if t.lost_at is None]
         if region and active:
@@ -315,9 +326,9 @@ class FaceTracker:
             x1, y1 = min(w, max(a[2] for a in areas)), min(h, max(a[3] for a in areas))
             if x1 > x0 and y1 > y0 and (x1 - x0) * (y1 - y0) < 0.7 * w * h:
                 gray = np.empty((h, w), np.uint8)
-                gray[y0:y1, x0:x1] = cv2.cvtColor(img[y0:y1, x0:x1], code)
+                gray[y0:y1, x0:x1] = convert(img[y0:y1, x0:x1])
                 return gray, False
-        return cv2.cvtColor(img, code), True
+        return convert(img), True
 
     def _crop(self, gray: np.ndarray, t: _Track) -> np.ndarray:
         """The aligned crop_size x crop_size crop of a track, cut at sub-pixel position from the full-res frame.

@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from au_annotate.decode import DecodeError, StallError, VideoStream, open_video, prefetch, restore_native_stderr
+from au_annotate.decode import (
+    DecodeError,
+    StallError,
+    VideoStream,
+    abandon_native_stderr,
+    forget_abandoned_thread,
+    open_video,
+    prefetch,
+)
 from au_annotate.face import FaceDetector, FaceTracker, parse_faces
 from au_annotate.flow import flow_picture, mosaic_picture
 from au_annotate.records import AlignedFace, FlowSample, VideoInfo, VideoJob, Window
@@ -257,8 +265,9 @@ def process_video(
 
 def _open_within_timeout(job: VideoJob, settings: Settings) -> VideoStream:
     """open_video in a helper thread, bounded by the stall timeout: opening a file on storage that stopped answering
-    (and the luma probe's first frames) must fail that video, not hang the run. An abandoned open that completes later
-    closes its own stream; one stuck in native code stays behind as a daemon thread."""
+    (and the luma probe's first frames) must fail that video, not hang the run. An abandoned open gives stderr back
+    and never captures it again; if it completes later it closes its own stream; one stuck in native code stays
+    behind as a daemon thread."""
     box: dict[str, object] = {}
     lock = threading.Lock()
     done = threading.Event()
@@ -270,20 +279,39 @@ def _open_within_timeout(job: VideoJob, settings: Settings) -> VideoStream:
             with lock:
                 box["error"] = e
                 done.set()
-            return
-        with lock:
-            if box.get("abandoned"):
-                stream.close()  # the caller gave up on it already
-            else:
-                box["stream"] = stream
-            done.set()
+        else:
+            with lock:
+                if box.get("abandoned"):
+                    stream.close()  # the caller gave up on it already
+                else:
+                    box["stream"] = stream
+                done.set()
+        finally:
+            with lock:
+                if box.get("abandoned"):
+                    forget_abandoned_thread(threading.get_ident())  # its id may be reused by a healthy thread
 
-    threading.Thread(target=work, name="au-annotate-open", daemon=True).start()
-    done.wait(settings.stall_timeout_s)
+    helper = threading.Thread(target=work, name="au-annotate-open", daemon=True)
+    helper.start()
+
+    def give_up() -> None:
+        """Leave the open behind (under `lock`): it closes what it makes, and never holds stderr again."""
+        box["abandoned"] = True
+        abandon_native_stderr(helper.ident or 0)
+
+    try:
+        done.wait(min(settings.stall_timeout_s, threading.TIMEOUT_MAX))  # inf: no limit
+    except BaseException:  # interrupted while waiting (Ctrl-C, a cancelled Ray task): nothing may leak
+        with lock:
+            late = box.pop("stream", None)
+            if not done.is_set():
+                give_up()
+        if late is not None:
+            late.close()  # type: ignore[attr-defined]
+        raise
     with lock:
         if not done.is_set():
-            box["abandoned"] = True
-            restore_native_stderr()  # an open stuck in native code may hold stderr captured
+            give_up()
             raise DecodeError(f"{job.path}: opening stalled: no answer for {settings.stall_timeout_s:g} s (a hung "
                               "decoder or unreachable storage)")
     if "error" in box:

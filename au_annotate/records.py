@@ -57,6 +57,7 @@ class Frame:
     pts_s: float
     image: np.ndarray
     order: str = "rgb"  # "rgb" | "bgr" | "gray"
+    levels: np.ndarray | None = None  # gray frames: a 256-entry uint8 LUT still to apply (limited-range luma), or None
 
     def rgb(self) -> np.ndarray:
         """The image in RGB order (a converted copy for BGR and gray frames)."""
@@ -64,14 +65,19 @@ class Frame:
             return self.image
         import cv2
 
-        return cv2.cvtColor(self.image, cv2.COLOR_GRAY2RGB if self.order == "gray" else cv2.COLOR_BGR2RGB)
+        if self.order == "gray":
+            return cv2.cvtColor(self.gray(), cv2.COLOR_GRAY2RGB)
+        return cv2.cvtColor(self.image, cv2.COLOR_BGR2RGB)
 
     def gray(self) -> np.ndarray:
-        """The image in grayscale (the frame itself for gray frames)."""
-        if self.order == "gray":
-            return self.image
+        """The image in grayscale, 0..255 (the frame itself for gray frames without pending `levels`).
+
+        Limited-range luma arrives with `levels` instead of mapped: stages that read only part of the frame (the face
+        tracker) map only that part, like they convert only part of a colour frame."""
         import cv2
 
+        if self.order == "gray":
+            return self.image if self.levels is None else cv2.LUT(self.image, self.levels)
         return cv2.cvtColor(self.image, cv2.COLOR_BGR2GRAY if self.order == "bgr" else cv2.COLOR_RGB2GRAY)
 
 

@@ -357,6 +357,66 @@ def test_a_video_whose_opening_hangs_fails_after_the_stall_timeout(tmp_path, mon
     assert pipeline.process_video(job, DEFAULTS).frames == 15
 
 
+def _fd2() -> tuple[int, int]:
+    import os
+
+    st = os.fstat(2)
+    return st.st_dev, st.st_ino
+
+
+def test_stderr_captures_never_overlap_and_an_abandoned_thread_never_captures() -> None:
+    """fd 2 is process-wide: a capture that starts while another thread captures stays out of the way (out-of-order
+    ends would leave fd 2 on a deleted file), and a thread whose open was abandoned never redirects it again."""
+    from au_annotate.decode import _NativeStderr, abandon_native_stderr, forget_abandoned_thread
+
+    real = _fd2()
+    first_in, second_done, first_release = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, tuple[int, int]] = {}
+
+    def first() -> None:
+        with _NativeStderr().capture():
+            seen["first"] = _fd2()
+            first_in.set()
+            first_release.wait(10)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert first_in.wait(10)
+    with _NativeStderr().capture():  # overlaps the first, and ends first: must not touch fd 2
+        seen["second"] = _fd2()
+    second_done.set()
+    first_release.set()
+    t.join(10)
+    assert seen["first"] != real and seen["second"] == seen["first"] and _fd2() == real
+
+    def abandoned() -> None:
+        with _NativeStderr().capture():
+            seen["abandoned"] = _fd2()
+
+    t = threading.Thread(target=lambda: (start.wait(10), abandoned()))
+    start = threading.Event()
+    t.start()
+    abandon_native_stderr(t.ident or 0)  # given up on before it reached its capture (e.g. stuck in stat())
+    start.set()
+    t.join(10)
+    forget_abandoned_thread(t.ident or 0)
+    assert seen["abandoned"] == real and _fd2() == real
+
+
+def test_an_infinite_stall_timeout_means_no_limit(tmp_path) -> None:  # noqa: ANN001
+    """stall_timeout_s = inf (valid TOML) switches the timeout off instead of failing every video."""
+    from pathlib import PurePosixPath
+
+    from au_annotate.pipeline import process_video
+    from au_annotate.records import VideoJob
+    from au_annotate.settings import DEFAULTS
+    from au_annotate.synth import make_video
+
+    clip = make_video(tmp_path / "v.mp4", fps=30, duration_s=0.5, size=(160, 120), seed=7).path
+    job = VideoJob(path=clip, rel=PurePosixPath("v.mp4"), out_dir=tmp_path)
+    assert process_video(job, DEFAULTS.replace(stall_timeout_s=float("inf"))).frames == 15
+
+
 def test_closing_never_releases_the_decoder_under_a_reading_thread(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     """OpenCVStream.close() waits for a read in progress; if it does not end (a decoder hung in native code), the
     capture is left alone (releasing it under the reading thread could crash the process) and close returns."""

@@ -110,6 +110,30 @@ def test_luma_decoding_matches_the_gray_of_colour_decoding(tmp_path: Path, fourc
         assert f.gray().shape == (160, 160) and np.median(diff) <= 1 and np.percentile(diff, 99) <= 3
 
 
+def test_limited_range_frames_are_mapped_only_where_the_tracker_reads_them(tmp_path: Path) -> None:
+    """Limited-range luma arrives with its LUT pending (Frame.levels): the face tracker maps only its search areas,
+    and its crops are exactly those of frames mapped whole (a moving head, so the areas move)."""
+    import dataclasses
+
+    from au_annotate.face import FaceTracker
+    from au_annotate.synth import make_video
+
+    clip = make_video(tmp_path / "m.mp4", fps=30, duration_s=1.5, size=(640, 480), head_motion_px=6.0, seed=8,
+                      face_scale=0.6).path  # a face small enough for the search areas to be a part of the frame
+    region, whole = FaceTracker(30.0), FaceTracker(30.0)
+    n = 0
+    with open_video(clip, "opencv", gray=True) as s:
+        for f in s:
+            assert f.levels is not None  # mp4v is limited range
+            mapped = dataclasses.replace(f, image=f.gray(), levels=None)
+            a, b = region.process_all(f), whole.process_all(mapped)
+            assert len(a) == len(b) == 1
+            assert n < 2 or not region._gray(f)[1]  # noqa: SLF001 - the partial mapping is what is tested here
+            assert np.array_equal(a[0].crop, b[0].crop) and np.array_equal(a[0].landmarks, b[0].landmarks)
+            n += 1
+    assert n == 45
+
+
 def test_luma_range_is_decided_past_a_grey_slate(tmp_path: Path) -> None:
     """Limited- and full-range luma differ by little around grey level 110: a clip that opens on a uniform grey slate
     must not be taken for full range on its first frame (its face frames would then be off by up to 20 levels)."""
