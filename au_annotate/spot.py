@@ -444,7 +444,7 @@ class RoiFlowSpotter:
         coef = _fit_affine(flow[geo.face].reshape(-1, 2), geo.design, geo.normal_inv).astype(np.float32)
         r, nmax = geo.flat.shape
         # gather each (dx, dy) pair as one 8-byte item: 12x faster than fancy-indexing rows of a (N, 2) array
-        picked = np.ascontiguousarray(flow).reshape(-1).view(np.uint64).take(geo.flat_ravel)
+        picked = np.ascontiguousarray(flow, dtype=np.float32).reshape(-1).view(np.uint64).take(geo.flat_ravel)
         v = (picked.view(np.float32).reshape(-1, 2) - geo.coords.reshape(-1, 3) @ coef).reshape(r, nmax, 2)  # residual
         mag = v[..., 0] ** 2 + v[..., 1] ** 2 + geo.pad  # squared magnitude; padding entries at -inf
         # mean of each region's `tops[r]` strongest vectors: threshold at its tops[r]-th largest magnitude (one
