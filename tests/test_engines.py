@@ -120,6 +120,24 @@ def test_ray_output_equals_local(planted_clips, weights, one_process, local_ray,
     assert {r.status for r in again.results if r.job.path.name != "broken.mp4"} == {"skipped"}
 
 
+def test_ray_tasks_reserve_two_cpus_where_a_node_has_them(local_ray) -> None:
+    """A video keeps ~1.7 cores busy: tasks reserve 2 CPUs (the local engine's one worker per two cores), but never
+    more than the biggest alive node has, or they would wait forever; the in-flight limit follows."""
+    from au_annotate.engines.ray_engine import RayEngine, task_cpus
+
+    def node(cpus: float, alive: bool = True) -> dict:
+        return {"Alive": alive, "Resources": {"CPU": cpus}}
+
+    assert task_cpus([node(64), node(1)]) == 2
+    assert task_cpus([node(1), node(1)]) == 1
+    assert task_cpus([node(1), node(8, alive=False)]) == 1
+    assert task_cpus([]) == 1
+    assert task_cpus(local_ray.nodes()) == 2  # this module's 2-CPU local instance
+    engine = RayEngine()
+    engine._cpus = task_cpus(local_ray.nodes())  # noqa: SLF001 - as a run sets it
+    assert engine._limit() == 1  # noqa: SLF001 - 2 CPUs / 2 per video
+
+
 def test_ray_task_that_raises_fails_only_its_video(planted_clips, weights, local_ray, tmp_path: Path) -> None:
     from au_annotate.engines.ray_engine import RayEngine
 

@@ -39,6 +39,14 @@ VideoFn = Callable[..., "VideoWork | VideoFailure"]
 
 PROGRESS_EVERY_S = 0.5  # a worker reports its frame count at most this often
 DEFAULT_MAX_RETRIES = 3  # Ray retries of a task whose worker process died
+CPUS_PER_VIDEO = 2  # a video's decode, face and spotting threads keep ~1.7 cores busy (the local engine: --jobs = cores/2)
+
+
+def task_cpus(nodes: Sequence[dict[str, Any]]) -> int:
+    """CPUs each video task reserves: CPUS_PER_VIDEO, or fewer when no alive node has that many (a task that asks
+    for more than any node has would wait forever)."""
+    biggest = max((float(n.get("Resources", {}).get("CPU", 0)) for n in nodes if n.get("Alive", True)), default=0.0)
+    return max(1, min(CPUS_PER_VIDEO, int(biggest)))
 
 
 @ray.remote(num_cpus=0)
@@ -98,10 +106,11 @@ class RayEngine:
     def __init__(self, address: str | None = None, jobs: int = 0, *, max_retries: int = DEFAULT_MAX_RETRIES,
                  video_fn: VideoFn = run_video) -> None:
         self.address = None if address in (None, "", "auto") else address
-        self.jobs = max(0, int(jobs or 0))  # 0: as many tasks at once as the cluster has CPUs
+        self.jobs = max(0, int(jobs or 0))  # 0: as many tasks at once as the cluster's CPUs hold (task_cpus each)
         self.max_retries = max(0, int(max_retries))
         self.video_fn = video_fn  # the per-video function (pipeline.run_video); replaceable for tests and plugins
         self._owned = False
+        self._cpus = 1  # per task; set from the cluster when a run starts
         if not ray.is_initialized():
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
@@ -112,11 +121,12 @@ class RayEngine:
             self._owned = True
 
     def _limit(self) -> int:
-        """Tasks kept in flight: --jobs when given, else the cluster's CPUs (re-read: clusters grow and shrink)."""
+        """Tasks kept in flight: --jobs when given, else as many as the cluster's CPUs hold (re-read: clusters grow and
+        shrink)."""
         if self.jobs:
             return self.jobs
         try:
-            return max(1, int(ray.cluster_resources().get("CPU", 1)))
+            return max(1, int(ray.cluster_resources().get("CPU", 1)) // self._cpus)
         except Exception:  # pragma: no cover - GCS briefly unreachable
             return 1
 
@@ -132,7 +142,11 @@ class RayEngine:
     def _run(self, jobs: list[VideoJob], settings: Settings, hook: ProgressHook) -> Iterator[Outcome]:
         if not jobs:
             return
-        task = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(_video_task)
+        try:
+            self._cpus = task_cpus(ray.nodes())
+        except Exception:  # pragma: no cover - GCS briefly unreachable: the safe choice
+            self._cpus = 1
+        task = ray.remote(num_cpus=self._cpus, max_retries=self.max_retries, retry_exceptions=False)(_video_task)
         progress = _ProgressLog.remote()
         settings_ref = ray.put(settings)
         fn_ref = ray.put(self.video_fn)
