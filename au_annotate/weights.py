@@ -336,8 +336,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, au_order: str | None = None
     if au_order is not None:
         try:
             order = parse_au_order(au_order)
-        except ValueError as exc:
-            raise WeightsError(f"{path}: {exc}") from exc
+        except ValueError as exc:  # the option is wrong, not the file: name the option
+            raise WeightsError(f"--au-order: {exc}") from None
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: not an HTNet checkpoint (holds a {type(obj).__name__}, not a dict)")
 
