@@ -223,7 +223,8 @@ class DecordStream(VideoStream):
                               duration_s=duration)
 
     def __iter__(self) -> Iterator[Frame]:
-        # A fresh reader starts at frame 0; we never call decord's seek (it can land on a keyframe instead of the frame asked for).
+        # A fresh reader starts at frame 0; we never call decord's seek (it can land on a keyframe instead of the frame
+        # asked for).
         try:
             vr = self._decord.VideoReader(str(self._path), ctx=self._decord.cpu(0), num_threads=1)
         except Exception as e:

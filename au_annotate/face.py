@@ -221,8 +221,9 @@ class FaceTracker:
         """Detect faces; re-anchor lost tracks to their faces, start tracks for new faces, leave good tracks alone."""
         self._last_detect = frame.index
         self.detections += 1
-        faces = self.detector.detect(gray, "gray") if frame.order == "gray" else self.detector.detect(frame.image,
-                                                                                                   frame.order)
+        # gray frames: `gray` is the whole frame in full range (their pending `levels` applied); colour as decoded
+        image, order = (gray, "gray") if frame.order == "gray" else (frame.image, frame.order)
+        faces = self.detector.detect(image, order)
         if faces:  # faces far smaller than the largest are background clutter or detector false positives
             largest = max(max(f.w, f.h) for f in faces)
             faces = [f for f in faces if max(f.w, f.h) >= MIN_RELATIVE_FACE * largest]

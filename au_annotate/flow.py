@@ -1,8 +1,8 @@
 """Onset->apex optical flow and the seed's 28x28 flow-picture encoding (pure NumPy/OpenCV, no I/O but PNG helpers).
 
-The encoding reproduces the seed data exactly (pinned by tests/test_stages.py): Farneback (0.5, 3, 15, 3, 5, 1.2, 0) on 224x224 grayscale
-crops; magnitude/angle in degrees; HSV with H = angle/2, S = 255, V = min-max(magnitude) to 0..255; HSV->RGB; resize to
-28x28 with INTER_AREA. The model input is that RGB picture as float in [0, 1], channels first.
+The encoding reproduces the seed data exactly (pinned by tests/test_stages.py): Farneback (0.5, 3, 15, 3, 5, 1.2, 0)
+on 224x224 grayscale crops; magnitude/angle in degrees; HSV with H = angle/2, S = 255, V = min-max(magnitude) to
+0..255; HSV->RGB; resize to 28x28 with INTER_AREA. The model input is that RGB picture as float in [0, 1], channels first.
 """
 
 from __future__ import annotations

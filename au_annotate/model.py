@@ -1,8 +1,9 @@
 """HTNet (NesT-style hierarchical transformer) for multi-label AU logits from 28x28 flow pictures; no I/O here.
 
-The module layout reproduces the seed checkpoint's state-dict names and shapes exactly (listed in tests/test_model.py), so its
-published plain state dict loads with ``strict=True``. Unlike the seed, ``forward`` returns logits: apply the sigmoid
-once, outside (the seed's sigmoid sat inside the model and its evaluation added a second one).
+The module layout reproduces the seed checkpoint's state-dict names and shapes exactly (listed in
+tests/test_model.py), so its published plain state dict loads with ``strict=True``. Unlike the seed, ``forward``
+returns logits: apply the sigmoid once, outside (the seed's sigmoid sat inside the model and its evaluation added a
+second one).
 
 Internally the feature map is kept channels-last, (B, H, W, C), so the 1x1 convolutions run as linear layers on tokens
 and the channel LayerNorm is torch's fused layer_norm: the same numbers as the seed's NCHW code (a test checks it against

@@ -39,7 +39,7 @@ VideoFn = Callable[..., "VideoWork | VideoFailure"]
 
 PROGRESS_EVERY_S = 0.5  # a worker reports its frame count at most this often
 DEFAULT_MAX_RETRIES = 3  # Ray retries of a task whose worker process died
-CPUS_PER_VIDEO = 2  # a video's decode, face and spotting threads keep ~1.7 cores busy (the local engine: --jobs = cores/2)
+CPUS_PER_VIDEO = 2  # a video's decode, face and spotting threads keep ~1.7 cores busy (local engine: cores/2 jobs)
 
 
 def task_cpus(nodes: Sequence[dict[str, Any]]) -> int:
