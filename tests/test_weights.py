@@ -256,7 +256,7 @@ def test_fetch_verifies_and_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert fetch("seed", cache_dir=tmp_path / "c", opener=lambda url: pytest.fail("downloaded twice")) == dest
     rows = {row.entry.name: row for row in list_weights(cache=tmp_path / "c")}
     assert rows["seed"].checksum == "ok" and rows["seed"].path == dest
-    dest.write_bytes(payload[:-1] + b"x")
+    dest.write_bytes(payload[:-1] + bytes([payload[-1] ^ 0xFF]))  # always a different last byte (b"x" was 1/256 a no-op)
     rows = {row.entry.name: row for row in list_weights(cache=tmp_path / "c")}
     assert rows["seed"].checksum == "MISMATCH"
 
