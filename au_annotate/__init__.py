@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
+from au_annotate._version import __version__
+
 # torch's OpenMP threads spin-wait by default; next to decode workers and other jobs on the same cores that made a
 # 10-window forward pass take 620 ms instead of 8 ms. It only takes effect when set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-__version__ = "0.1.0"
 
 __all__ = ["__version__", "annotate"]
 

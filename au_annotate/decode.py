@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from au_annotate.errors import one_line
 from au_annotate.records import Frame, VideoInfo
 
 BACKENDS = ("decord", "opencv")
@@ -71,11 +72,6 @@ class VideoStream(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
 
 
 # Native messages that mean something to a user, translated (decord's C++ checks are not meant for people).
@@ -207,7 +203,7 @@ class DecordStream(VideoStream):
         except DecodeError:
             raise
         except Exception as e:
-            cause = native.reason() or clean_cause(_one_line(e), path)
+            cause = native.reason() or clean_cause(one_line(e), path)
             raise DecodeError(f"{path}: cannot open as a video: {cause}") from None
         finally:
             decord.logging.set_level(decord.logging.QUIET)  # damaged frames later are concealed, not printed
@@ -228,7 +224,7 @@ class DecordStream(VideoStream):
         try:
             vr = self._decord.VideoReader(str(self._path), ctx=self._decord.cpu(0), num_threads=1)
         except Exception as e:
-            raise DecodeError(f"{self._path}: cannot open with decord: {clean_cause(_one_line(e), self._path)}") from None
+            raise DecodeError(f"{self._path}: cannot open with decord: {clean_cause(one_line(e), self._path)}") from None
         self._vr = vr
         n = self.info.n_frames
         for i in range(n):
@@ -239,7 +235,7 @@ class DecordStream(VideoStream):
                 _warn_short(self._path, i, n, "the stream ended early")
                 return
             except Exception as e:
-                cause = clean_cause(_one_line(e), self._path)
+                cause = clean_cause(one_line(e), self._path)
                 # decord's decoder stops for good at a damaged packet (and notices it a varying number of frames late,
                 # in its decoding thread); OpenCV's FFmpeg conceals what it can, so it takes over from frame i. The
                 # frames decoded in all is then what OpenCV manages, the same on every run.

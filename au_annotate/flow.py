@@ -1,4 +1,8 @@
-"""Onset->apex optical flow and the seed's 28x28 flow-picture encoding (pure NumPy/OpenCV, no I/O but PNG helpers).
+"""Onset->apex optical flow and the two 28x28 flow-picture encodings (pure NumPy/OpenCV, no I/O but PNG helpers).
+
+Two encodings, named in every checkpoint (``meta["input"]["encoding"]``): ``seed-hsv`` (below) and ``htnet-uvs``, the
+official HTNet / STSTNet picture (TV-L1 flow, R = u, G = v, B = optical strain, each min-max scaled per picture) as the
+MEGC2019 composite publishes it, computed here on the inner face region of our aligned crop.
 
 The encoding reproduces the seed data exactly (pinned by tests/test_stages.py): Farneback (0.5, 3, 15, 3, 5, 1.2, 0)
 on 224x224 grayscale crops; magnitude/angle in degrees; HSV with H = angle/2, S = 255, V = min-max(magnitude) to
@@ -7,13 +11,18 @@ on 224x224 grayscale crops; magnitude/angle in degrees; HSV with H = angle/2, S 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from au_annotate.errors import check_keys
+
 PICTURE_SIZE = 28
+FLOW_METHOD = "farneback"  # the name checkpoints record in meta["flow"]["method"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,22 @@ class FarnebackParams:
     poly_n: int = 5
     poly_sigma: float = 1.2
     flags: int = 0
+
+    def to_meta(self) -> dict[str, Any]:
+        """The parameters as checkpoint meta (``meta["flow"]``): the method name plus every field."""
+        return {"method": FLOW_METHOD, **asdict(self)}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> FarnebackParams:
+        """Parameters back from checkpoint meta, so a checkpoint's recorded flow can be compared with the pipeline's.
+
+        Another method or an unknown key is a ValueError (the flow would not be what the model was trained on)."""
+        values = dict(meta)
+        method = values.pop("method", FLOW_METHOD)
+        if method != FLOW_METHOD:
+            raise ValueError(f"flow method {method!r} is not {FLOW_METHOD!r}")
+        check_keys(values, (f.name for f in fields(cls)), "Farneback parameter")
+        return cls(**values)
 
 
 SEED_FARNEBACK = FarnebackParams()
@@ -78,6 +103,91 @@ def mosaic_picture(
     top = np.concatenate(tiles[:2], axis=1)
     bottom = np.concatenate(tiles[2:], axis=1)
     return np.concatenate([top, bottom], axis=0)
+
+
+# ------------------------------------------------------------------------------- the HTNet / STSTNet encoding (TV-L1)
+
+SEED_ENCODING = "seed-hsv"  # Farneback, HSV picture (the seed's data)
+HTNET_ENCODING = "htnet-uvs"  # TV-L1, R = u, G = v, B = optical strain, per-channel min-max (MEGC2019 composite)
+ENCODINGS = (SEED_ENCODING, HTNET_ENCODING)
+TVL1_METHOD = "tvl1"
+# Face region of the composite's pictures inside our 224 aligned crop: a square of 0.67 of the side, centred
+# horizontally, its centre at 0.56 of the height (measured by matching the composite's apex crops into ours: 150 px at
+# (37..40, 48..51) for both casme2-frames clips). Their crop is tighter than ours (brows to chin).
+HTNET_REGION = (0.67, 0.56)
+
+
+def htnet_region(crop: np.ndarray, region: tuple[float, float] = HTNET_REGION) -> np.ndarray:
+    """The inner face square of an aligned crop that the composite's pictures cover (side fraction, centre height)."""
+    n = crop.shape[0]
+    side = int(round(region[0] * n))
+    x0 = int(round(n / 2 - side / 2))
+    y0 = min(max(int(round(region[1] * n - side / 2)), 0), n - side)
+    return crop[y0 : y0 + side, x0 : x0 + side]
+
+
+def tvl1_flow(onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
+    """Dual TV-L1 flow (H, W, 2) float32 onset -> apex with OpenCV's defaults (needs opencv-contrib: cv2.optflow)."""
+    if onset.shape != apex.shape or onset.ndim != 2:
+        raise ValueError(f"onset and apex must be 2-D grayscale images of one shape, got {onset.shape} and {apex.shape}")
+    optflow = getattr(cv2, "optflow", None)
+    if optflow is None:
+        raise RuntimeError("TV-L1 flow needs opencv-contrib-python-headless (cv2.optflow is missing)")
+    return optflow.DualTVL1OpticalFlow_create().calc(onset, apex, None)
+
+
+def optical_strain(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Optical strain magnitude sqrt(ux^2 + vy^2 + (uy + vx)^2 / 2) by central differences (STSTNet's third channel)."""
+    uy, ux = np.gradient(u.astype(np.float64))
+    vy, vx = np.gradient(v.astype(np.float64))
+    return np.sqrt(ux**2 + vy**2 + 0.5 * (uy + vx) ** 2)
+
+
+def _minmax255(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(x.min()), float(x.max())
+    return (x - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(x)
+
+
+def encode_uv_strain(flow: np.ndarray, size: int = PICTURE_SIZE) -> np.ndarray:
+    """HTNet's picture: u and v area-resized to size x size, strain of the resized flow, each channel min-max to 0..255.
+
+    Of the orders tried against the composite's pictures (normalise then resize, resize then normalise, strain at full
+    size or after the resize) this one agreed best on both casme2-frames clips (docs/au-model.md)."""
+    if flow.ndim != 3 or flow.shape[2] != 2:
+        raise ValueError(f"flow must be (H, W, 2), got {flow.shape}")
+    u = cv2.resize(np.ascontiguousarray(flow[..., 0]), (size, size), interpolation=cv2.INTER_AREA)
+    v = cv2.resize(np.ascontiguousarray(flow[..., 1]), (size, size), interpolation=cv2.INTER_AREA)
+    chans = [_minmax255(u.astype(np.float64)), _minmax255(v.astype(np.float64)), _minmax255(optical_strain(u, v))]
+    return np.clip(np.round(np.stack(chans, axis=-1)), 0, 255).astype(np.uint8)
+
+
+def htnet_picture(onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
+    """TV-L1 onset -> apex on the inner face region of the aligned crops, then HTNet's u/v/strain encoding (28x28)."""
+    return encode_uv_strain(tvl1_flow(htnet_region(onset), htnet_region(apex)))
+
+
+def flip_uv_strain(images: np.ndarray) -> np.ndarray:
+    """Horizontal mirror of HTNet pictures (N, H, W, 3): a mirror turns u into -u, so min-max(u) becomes 255 - it."""
+    out = images[:, :, ::-1].copy()
+    out[..., 0] = 255 - out[..., 0]
+    return out
+
+
+def picture_for(spec: str, onset: np.ndarray, apex: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray:
+    """The model input a picture spec asks for: "face" / "mosaic" (seed encoding) or "face:htnet-uvs" (HTNet's)."""
+    layout, _, encoding = spec.partition(":")
+    encoding = encoding or SEED_ENCODING
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown flow encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+    if encoding == HTNET_ENCODING:
+        if layout != "face":
+            raise ValueError(f"the {HTNET_ENCODING} encoding has a whole-face layout only, not {layout!r}")
+        return htnet_picture(onset, apex)
+    if layout == "mosaic":
+        if landmarks is None:
+            raise ValueError("the mosaic layout needs the face's landmarks")
+        return mosaic_picture(onset, apex, landmarks)
+    return flow_picture(onset, apex)
 
 
 def images_to_input(images: np.ndarray) -> np.ndarray:

@@ -1,7 +1,17 @@
-"""The batch runner: the only code that touches the torch device. Flow pictures in, per-AU probabilities out (NumPy).
+"""Inference: the batch runner that `annotate` and `predict` use. Flow pictures in, per-AU probabilities out (NumPy).
 
-Windows from all videos are stacked and run in batches under ``torch.inference_mode()``; the sigmoid is applied once,
-here, to the model's logits. CPU thread settings are left as the user (or torch) set them.
+It puts (a copy of) the loaded model and the pictures on the chosen device; training (au_annotate/training) runs its
+own loop on the CPU and does not come here. Windows from all videos are stacked and run in batches under
+``torch.inference_mode()``; the sigmoid is applied once, here, to the model's logits. CPU thread settings are left as
+the user (or torch) set them.
+
+Batches always have the same shape (batch_size, 3, S, S): the last one is padded with blank pictures. The kernels
+PyTorch picks depend on the shape, so a window never goes through another algorithm because its call had fewer windows.
+Its probabilities can still change in the last bits with its position in the batch and its batch mates: BLAS and
+oneDNN kernels process the batch rows in blocks, and on some CPUs a row at another position is summed in another order
+(seen on an AMD EPYC: one value of 275 off by 6e-8, with one thread too). What holds on every CPU: however the windows
+are batched, each probability is the same to within 1e-6, so the AU decisions are the same unless a probability lies
+within 1e-6 of its threshold. (On most CPUs the results are bit-identical; that is not promised.)
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ class BatchRunner:
         model = loaded.model if self.device.type == "cpu" else copy.deepcopy(loaded.model).to(self.device)
         self.model = model.eval()
         self.image_size = loaded.config.image_size
-        self.n_aus = len(loaded.au_names)
+        self.n_aus = loaded.config.num_classes  # every model output: the AUs, then any emotion classes
 
     @property
     def au_names(self) -> tuple[str, ...]:
@@ -88,7 +98,7 @@ class BatchRunner:
                 for start in range(0, n, bs):
                     chunk = images_to_input(pictures[start : start + bs])
                     m = len(chunk)
-                    if m < bs:  # fixed batch shape: a window's result never depends on which windows share its batch
+                    if m < bs:  # fixed batch shape: the same kernels for every batch (module docstring)
                         chunk = np.concatenate([chunk, np.zeros((bs - m, *chunk.shape[1:]), chunk.dtype)])
                     x = torch.from_numpy(chunk)
                     if cuda:

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from au_annotate import __version__
+from au_annotate._version import __version__
 from au_annotate.fileio import TMP_PREFIX, atomic_open
+from au_annotate.quality import video_warning
 from au_annotate.records import Segment, VideoJob, VideoResult
 from au_annotate.settings import Settings
 
@@ -101,6 +103,11 @@ class Manifest:
         if expected and result.status in ("done", "no_face") and result.frames < expected - max(1, expected // 100):
             warning = (f"{result.job.path}: decoding stopped after {result.frames} of {expected} frames "
                        "(damaged or truncated file); the rest is not annotated")
+        if warning is None and result.status == "done" and result.info is not None:  # quality gate: au_annotate.quality
+            gated = [w.quality for w in result.unreported if w.quality != "ok"]
+            ok = sum(1 for s in result.segments if getattr(s, "quality", "ok") == "ok")
+            spot = video_warning(result.info.fps, result.frames, result.frames_with_face, ok, gated)
+            warning = f"{result.job.path}: {spot}" if spot else None
         self.videos[result.job.rel.as_posix()] = {
             "path": str(result.job.path),
             "status": result.status,
@@ -109,10 +116,11 @@ class Manifest:
             "frames": result.frames,
             "frames_expected": expected,
             "frames_with_face": result.frames_with_face,
+            "decoded_s": round(result.decoded_s, 3),
             "faces": result.faces,
             "segments": len(result.segments),
-            "micro": sum(1 for s in result.segments if s.kind == "micro"),
-            "macro": sum(1 for s in result.segments if s.kind == "macro"),
+            "micro": sum(1 for s in result.segments if s.kind == "micro" and getattr(s, "quality", "ok") == "ok"),
+            "macro": sum(1 for s in result.segments if s.kind == "macro" and getattr(s, "quality", "ok") == "ok"),
             "elapsed_s": round(result.elapsed_s, 3),
             "key": key,
             "outputs": outputs,
@@ -147,22 +155,30 @@ def sweep_temporaries(out_dir: str | os.PathLike[str]) -> int:
     return removed
 
 
+_AU_PROB = re.compile(r"AU\d+_p")
+
+
 def segments_from_csv(path: Path, video: str) -> tuple[Segment, ...]:
     """Segments read back from a per-video segments CSV (to rebuild the combined CSV for resumed videos)."""
     from au_annotate.writers import read_segments_csv
 
     df = read_segments_csv(path)
-    names = tuple(c[:-2] for c in df.columns if c.endswith("_p"))
+    names = tuple(c[:-2] for c in df.columns if _AU_PROB.fullmatch(c))  # AU04_p, ... (not emotion_model_p)
+    uncalibrated = tuple(n for n in names if f"{n}_c" not in df.columns)  # probability only (no threshold)
     out = []
     for row in df.itertuples(index=False):
         r = row._asdict()
+        text = {k: str(r.get(k, "") or "") for k in ("aus", "emotion", "rule", "emotion_model")}
+        model_p = r.get("emotion_model_p")
         out.append(Segment(
             video=video, face_id=str(r["face_id"]), segment_id=int(r["segment_id"]), kind=str(r["kind"]),  # type: ignore[arg-type]
             onset_frame=int(r["onset_frame"]), apex_frame=int(r["apex_frame"]), offset_frame=int(r["offset_frame"]),
             onset_s=float(r["onset_s"]), apex_s=float(r["apex_s"]), offset_s=float(r["offset_s"]),
             duration_s=float(r["duration_s"]), score=float(r["score"]), au_names=names,
             probs=np.array([r[f"{n}_p"] for n in names], np.float32),
-            present=np.array([bool(r[f"{n}_c"]) for n in names], bool),
-            aus=str(r.get("aus", "") or ""), emotion=str(r.get("emotion", "") or ""), rule=str(r.get("rule", "") or ""),
+            present=np.array([n not in uncalibrated and bool(r[f"{n}_c"]) for n in names], bool),
+            aus=text["aus"], emotion=text["emotion"], rule=text["rule"], emotion_model=text["emotion_model"],
+            emotion_model_p=float(model_p) if model_p is not None and model_p == model_p else float("nan"),
+            uncalibrated=uncalibrated, quality=str(r.get("quality", "ok") or "ok"),
         ))
     return tuple(out)

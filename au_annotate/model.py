@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from au_annotate.errors import check_keys
+
 
 @dataclass(frozen=True)
 class HTNetConfig:
@@ -65,10 +67,7 @@ class HTNetConfig:
         """Build from a dict; unknown keys are an error (a checkpoint from another architecture must not half-load)."""
         if not isinstance(d, dict):
             raise ValueError(f"HTNet config must be a dict, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown HTNet config key(s): {', '.join(map(str, unknown))} (known: {', '.join(sorted(known))})")
+        check_keys(d, (f.name for f in fields(cls)), "HTNet config key")
         return cls(**d)
 
 

@@ -1,13 +1,13 @@
-"""One video, one pass: decode -> face -> spot -> flow -> flow samples. The recipe, top to bottom.
+"""One video, one pass: decode -> face -> spot -> flow -> flow samples (`VideoRun`, the recipe top to bottom).
 
 Frames stream through three threads joined by bounded queues: decoding, face tracking, and (here) spotting + flow, so
 the stages overlap on several cores (OpenCV releases the GIL); OpenCV's own thread pool is turned off meanwhile, since
-these threads and the worker processes already use the cores (FFmpeg's decoder still runs its own threads). The decode and face threads run at a lower priority
-(HELPER_NICE): the spotter is the slowest stage, and they catch up whenever it waits for them. Nothing holds the whole
-video. A ring buffer keeps the aligned crops of the last
+these threads and the worker processes already use the cores (FFmpeg's decoder still runs its own threads). The decode
+and face threads run at a lower priority (HELPER_NICE): the spotter is the slowest stage, and they catch up whenever it
+waits for them. Nothing holds the whole video: a ring buffer keeps the aligned crops of the last
 `spotter.max_latency_frames` frames, so when the spotter closes a window its onset and apex crops are still at hand.
 Everything here is NumPy/OpenCV on the CPU (no torch), so it can run in worker processes; the model runs later, in one
-batch runner for all videos (api.py / infer.py).
+batch runner for all videos (collect.py / infer.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -32,11 +32,13 @@ from au_annotate.decode import (
     open_video,
     prefetch,
 )
+from au_annotate.errors import one_line
 from au_annotate.face import FaceDetector, FaceTracker, parse_faces
-from au_annotate.flow import flow_picture, mosaic_picture
+from au_annotate.flow import picture_for
 from au_annotate.records import AlignedFace, FlowSample, VideoInfo, VideoJob, Window
 from au_annotate.settings import Settings
 from au_annotate.spot import Spotter, make_spotter
+from au_annotate.work import StageTimes, VideoFailure, VideoWork
 
 THUMB_SIZE = 96  # apex thumbnails kept per window for the HTML report (9 KB each)
 # The decode and face threads run ahead of the spotter (the slowest stage) through bounded queues; a lower priority
@@ -52,48 +54,6 @@ class NoFaceError(RuntimeError):
         super().__init__(message)
         self.frames = frames
         self.info = info
-
-
-@dataclass
-class VideoFailure:
-    """A video the CPU pipeline could not turn into samples: status failed or no_face, with a one-line reason."""
-
-    job: VideoJob
-    status: str  # "failed" | "no_face"
-    error: str
-    elapsed_s: float = 0.0
-    detail: str = ""  # traceback text, shown with --verbose
-    frames: int = 0
-    info: VideoInfo | None = None
-
-
-@dataclass
-class StageTimes:
-    """Seconds spent per stage, so the next bottleneck is visible. face runs in its own thread and decode is the time it
-    waited for decoded frames; spot and flow run in the calling thread (which waits for faces in between)."""
-
-    decode: float = 0.0
-    face: float = 0.0
-    spot: float = 0.0
-    flow: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {"decode": self.decode, "face": self.face, "spot": self.spot, "flow": self.flow}
-
-
-@dataclass
-class VideoWork:
-    """What the CPU part of the pipeline produced for one video, before the model sees it."""
-
-    job: VideoJob
-    info: VideoInfo
-    samples: list[FlowSample]
-    frames: int
-    frames_with_face: int
-    faces: int
-    signal: np.ndarray  # (N, 2) float32: frame index, spotting signal
-    times: StageTimes = field(default_factory=StageTimes)
-    elapsed_s: float = 0.0
 
 
 class CropBuffer:
@@ -124,11 +84,188 @@ class CropBuffer:
 
 
 @dataclass
-class _FaceState:
+class FaceState:
     """Per-face streaming state: that face's spotter and the ring buffer of its recent crops."""
 
     spotter: Spotter
     buffer: CropBuffer
+
+    @classmethod
+    def for_spotter(cls, spotter: Spotter) -> FaceState:
+        """The buffer holds the spotter's latency plus margins: a closing window's onset crop is still there."""
+        return cls(spotter, CropBuffer(spotter.max_latency_frames + 2))
+
+
+class _Signals:
+    """The spotting signals of one face (the report's timeline), as rows of frame index, micro value, macro value."""
+
+    def __init__(self) -> None:
+        self._rows = array("f")
+
+    def __call__(self, detector: str, index: int, value: float) -> None:
+        """The spotter's on_signal hook: one sample of the micro or the macro detector."""
+        nan = float("nan")
+        row = (index, value, nan) if detector == "micro" else (index, nan, value)
+        self._rows.extend(float(v) for v in row)
+
+    def array(self) -> np.ndarray:
+        """(N, 3) float32 sorted by frame index (NaN where a detector took no sample)."""
+        if not len(self._rows):
+            return np.zeros((0, 3), np.float32)
+        sig = np.frombuffer(self._rows, dtype=np.float32).reshape(-1, 3).copy()
+        return sig[np.argsort(sig[:, 0], kind="stable")]
+
+
+class VideoRun:
+    """One video, one pass: decode -> face -> spot -> flow. `run()` returns its VideoWork (no model here).
+
+    The steps, in the order a frame meets them: `_tracked` (the face thread: decoded frame -> aligned faces),
+    `_on_frame` (each face's crops into its ring buffer and spotter), `_emit` (a closed window -> flow sample from the
+    buffered onset and apex crops), `_finish` (flush the spotters, check the video had frames and a face)."""
+
+    def __init__(self, job: VideoJob, settings: Settings, *, detector: FaceDetector | None = None,
+                 on_start: Callable[[VideoInfo], None] | None = None,
+                 on_frames: Callable[[int], None] | None = None) -> None:
+        self.job, self.settings, self.detector = job, settings, detector
+        self.on_start, self.on_frames = on_start, on_frames
+        self.times = StageTimes()
+        self.samples: list[FlowSample] = []
+        self.unreported: list[Window] = []
+        self.signals = _Signals()  # the report's timeline follows face0 (the largest face at first detection)
+        self.tracks: dict[str, FaceState] = {}  # per face id: its own spotter and crop buffer
+        self.recent_pts: deque[tuple[int, float]] = deque(maxlen=1)  # grown to the longest buffer (frame -> time)
+        self.keep_blinks = str(settings.spot.get("blinks", "")) in ("label", "keep")
+        self.keep_gated = str(settings.spot.get("gated", "drop")) == "label"  # windows whose quality is not "ok"
+        self.frames = self.with_face = self._pending_frames = 0
+        self.last_pts = 0.0
+        self.fps = 30.0
+        self.tracker: FaceTracker | None = None
+
+    def run(self) -> VideoWork:
+        """Decode, track and spot every frame, then return the flow samples. Raises DecodeError for unreadable video
+        and NoFaceError when no frame had a face."""
+        with _single_threaded_opencv(), _open_within_timeout(self.job, self.settings) as stream:
+            self._start(stream)
+            # the face stage's own stall timeout is a backstop: a stalled decoder is reported by the face thread first
+            stage = prefetch(self._tracked(stream), maxsize=32, name="au-annotate-face", nice=HELPER_NICE,
+                             stall_s=self.settings.stall_timeout_s + FACE_STALL_EXTRA_S)
+            with _stall_as_decode_error(self.job, self.settings), contextlib.closing(stage):  # threads stop first
+                for index, pts_s, faces, alive in stage:
+                    self._on_frame(index, pts_s, faces, alive)
+            self._finish()
+        return self._work(stream.info)
+
+    def _start(self, stream: VideoStream) -> None:
+        info = stream.info
+        if self.on_start:
+            self.on_start(info)
+        self.fps = info.fps if info.fps > 0 else 30.0
+        s = self.settings
+        self.tracker = FaceTracker(self.fps, crop_size=s.crop_size, template_px=s.track_template_px,
+                                   search_margin=s.search_margin, redetect_below=s.redetect_below,
+                                   redetect_every_s=s.redetect_every_s, min_face_size=s.min_face_size,
+                                   max_faces=parse_faces(s.faces), detector=self.detector)
+
+    def _tracked(self, stream: VideoStream) -> Iterator[tuple[int, float, list[AlignedFace], set[str]]]:
+        """The face stage, run in its own thread: each frame's aligned faces and the ids the tracker remembers."""
+        assert self.tracker is not None
+        decoded = prefetch(iter(stream), nice=HELPER_NICE, stall_s=self.settings.stall_timeout_s)
+        with contextlib.closing(decoded):
+            while True:
+                t0 = time.perf_counter()
+                frame = next(decoded, None)
+                if frame is None:
+                    return
+                t1 = time.perf_counter()
+                self.times.decode += t1 - t0  # waiting for the decode thread (not for the spotter: that is below)
+                faces = self.tracker.process_all(frame)
+                alive = self.tracker.track_ids()
+                self.times.face += time.perf_counter() - t1
+                yield frame.index, frame.pts_s, faces, alive
+
+    def _on_frame(self, index: int, pts_s: float, faces: list[AlignedFace], alive: set[str]) -> None:
+        """One tracked frame: every known face's spotter sees it (None where that face is missing this frame)."""
+        self.frames += 1
+        self.with_face += bool(faces)
+        self.last_pts = pts_s
+        self.recent_pts.append((index, pts_s))
+        present = {f.face_id: f for f in faces}
+        for face_id in present.keys() - self.tracks.keys():
+            self._new_track(face_id)
+        for face_id, state in self.tracks.items():
+            face = present.get(face_id)
+            if face is not None:
+                state.buffer.add(face)
+            t0 = time.perf_counter()
+            windows = state.spotter.process_frame(index, pts_s, face)
+            self.times.spot += time.perf_counter() - t0
+            self._emit(windows, state)
+        if len(self.tracks) > len(present):
+            for face_id in [f for f in self.tracks if f not in alive]:  # forgotten by the tracker: finish and drop
+                self._flush(self.tracks.pop(face_id))
+        self._pending_frames += 1
+        if self.on_frames and self._pending_frames >= 25:
+            self.on_frames(self._pending_frames)
+            self._pending_frames = 0
+
+    def _new_track(self, face_id: str) -> None:
+        hook = self.signals if face_id == "face0" else None
+        spotter = make_spotter(self.settings.spotter, self.fps, self.settings.spot, on_signal=hook)
+        state = FaceState.for_spotter(spotter)
+        self.tracks[face_id] = state
+        if self.recent_pts.maxlen is not None and self.recent_pts.maxlen < state.buffer.capacity + 1:
+            self.recent_pts = deque(self.recent_pts, maxlen=state.buffer.capacity + 1)
+
+    def _flush(self, state: FaceState) -> None:
+        t0 = time.perf_counter()
+        windows = state.spotter.flush()
+        self.times.spot += time.perf_counter() - t0
+        self._emit(windows, state)
+
+    def _emit(self, windows: list[Window], state: FaceState) -> None:
+        """Closed windows -> flow samples, from the onset and apex crops still in the face's ring buffer."""
+        if not windows:
+            return
+        t0 = time.perf_counter()
+        lookup = dict(self.recent_pts)
+        for w in windows:
+            if w.kind == "blink" and not self.keep_blinks:
+                self.unreported.append(w)  # not an expression: written only when asked (spot = {blinks = "label"})
+                continue
+            if w.quality != "ok" and not self.keep_gated:
+                self.unreported.append(w)  # explained by head motion, occlusion, ...: spot = {gated = "label"} keeps it
+                continue
+            pair = state.buffer.pair(w.onset, w.apex)
+            if pair is None:
+                continue
+            onset_face, apex_face = pair
+            pic = picture_for(self.settings.input_layout, onset_face.crop, apex_face.crop, apex_face.landmarks)
+            offset_s = lookup.get(w.offset, self.last_pts if w.offset >= self.frames - 1 else apex_face.pts_s)
+            thumb = cv2.resize(apex_face.crop, (THUMB_SIZE, THUMB_SIZE), interpolation=cv2.INTER_AREA)
+            self.samples.append(FlowSample(face_id=apex_face.face_id, window=w,
+                                           onset_s=lookup.get(w.onset, onset_face.pts_s),
+                                           apex_s=lookup.get(w.apex, apex_face.pts_s), offset_s=offset_s, image=pic,
+                                           apex_thumb=thumb))
+        self.times.flow += time.perf_counter() - t0
+
+    def _finish(self) -> None:
+        for state in self.tracks.values():
+            self._flush(state)
+        if self.on_frames and self._pending_frames:
+            self.on_frames(self._pending_frames)
+            self._pending_frames = 0
+
+    def _work(self, info: VideoInfo) -> VideoWork:
+        if self.frames == 0:
+            raise DecodeError(f"{self.job.path}: no decodable frames")
+        if self.with_face == 0:
+            raise NoFaceError(f"{self.job.path}: no face found in {self.frames} frames", self.frames, info)
+        self.samples.sort(key=lambda s: (s.window.onset, s.window.apex, s.face_id))
+        assert self.tracker is not None
+        return VideoWork(job=self.job, info=info, samples=self.samples, frames=self.frames,
+                         frames_with_face=self.with_face, faces=len(self.tracker.face_ids),
+                         signal=self.signals.array(), times=self.times, decoded_s=self.last_pts + 1.0 / self.fps,
+                         unreported=tuple(sorted(self.unreported, key=lambda w: (w.onset, w.apex))))
 
 
 def process_video(
@@ -142,125 +279,7 @@ def process_video(
     """Run decode -> face -> spot -> flow over one video and return its flow samples (no model here).
 
     Raises DecodeError for unreadable video and NoFaceError when no frame had a face."""
-    times = StageTimes()
-    with _single_threaded_opencv(), _open_within_timeout(job, settings) as stream:
-        info = stream.info
-        if on_start:
-            on_start(info)
-        fps = info.fps if info.fps > 0 else 30.0
-        tracker = FaceTracker(
-            fps,
-            crop_size=settings.crop_size,
-            template_px=settings.track_template_px,
-            search_margin=settings.search_margin,
-            redetect_below=settings.redetect_below,
-            redetect_every_s=settings.redetect_every_s,
-            min_face_size=settings.min_face_size,
-            max_faces=parse_faces(settings.faces),
-            detector=detector,
-        )
-        signal = array("f")
-        tracks: dict[str, _FaceState] = {}  # per face id: its own spotter and crop buffer
-        times_s: deque[tuple[int, float]] = deque(maxlen=1)  # resized once the first spotter tells its latency
-        samples: list[FlowSample] = []
-        keep_blinks = str(settings.spot.get("blinks", "")) in ("label", "keep")
-        frames = with_face = 0
-        pending = 0
-
-        def new_state(face_id: str) -> _FaceState:
-            # the report's signal timeline follows face0 (the largest face at first detection)
-            hook = (lambda i, v: signal.extend((float(i), float(v)))) if face_id == "face0" else None
-            spotter = make_spotter(settings.spotter, fps, settings.spot, on_signal=hook)
-            return _FaceState(spotter, CropBuffer(spotter.max_latency_frames + 2))
-
-        def emit(windows: list[Window], state: _FaceState, last_pts: float) -> None:
-            t0 = time.perf_counter()
-            lookup = dict(times_s)
-            for w in windows:
-                if w.kind == "blink" and not keep_blinks:
-                    continue  # blinks are not expressions: written only when asked (spot = {blinks = "label"})
-                pair = state.buffer.pair(w.onset, w.apex)
-                if pair is None:
-                    continue
-                onset_face, apex_face = pair
-                if settings.input_layout == "mosaic":
-                    pic = mosaic_picture(onset_face.crop, apex_face.crop, apex_face.landmarks)
-                else:
-                    pic = flow_picture(onset_face.crop, apex_face.crop)
-                offset_s = lookup.get(w.offset, last_pts if w.offset >= frames - 1 else apex_face.pts_s)
-                thumb = cv2.resize(apex_face.crop, (THUMB_SIZE, THUMB_SIZE), interpolation=cv2.INTER_AREA)
-                samples.append(FlowSample(face_id=apex_face.face_id, window=w,
-                                          onset_s=lookup.get(w.onset, onset_face.pts_s),
-                                          apex_s=lookup.get(w.apex, apex_face.pts_s), offset_s=offset_s, image=pic,
-                                          apex_thumb=thumb))
-            times.flow += time.perf_counter() - t0
-
-        def tracked() -> Iterator[tuple[int, float, list[AlignedFace], set[str]]]:
-            """The face stage, run in its own thread: each frame's aligned faces and the ids the tracker remembers."""
-            decoded = prefetch(iter(stream), nice=HELPER_NICE, stall_s=settings.stall_timeout_s)
-            with contextlib.closing(decoded):
-                while True:
-                    t0 = time.perf_counter()
-                    frame = next(decoded, None)
-                    if frame is None:
-                        return
-                    t1 = time.perf_counter()
-                    times.decode += t1 - t0  # waiting for the decode thread (not for the spotter: that is below)
-                    faces = tracker.process_all(frame)
-                    alive = tracker.track_ids()
-                    times.face += time.perf_counter() - t1
-                    yield frame.index, frame.pts_s, faces, alive
-
-        last_pts = 0.0
-        # the face stage's own stall timeout is a backstop: a stalled decoder is reported by the face thread first
-        stage = prefetch(tracked(), maxsize=32, name="au-annotate-face", nice=HELPER_NICE,
-                         stall_s=settings.stall_timeout_s + FACE_STALL_EXTRA_S)
-        with _stall_as_decode_error(job, settings), contextlib.closing(stage):  # threads stop before the file closes
-            for index, pts_s, faces, alive in stage:
-                t2 = time.perf_counter()
-                frames += 1
-                last_pts = pts_s
-                times_s.append((index, pts_s))
-                if faces:
-                    with_face += 1
-                present = {f.face_id: f for f in faces}
-                for face_id in present.keys() - tracks.keys():
-                    tracks[face_id] = new_state(face_id)
-                    if times_s.maxlen is not None and times_s.maxlen < tracks[face_id].buffer.capacity + 1:
-                        times_s = deque(times_s, maxlen=tracks[face_id].buffer.capacity + 1)
-                for face_id, state in tracks.items():
-                    face = present.get(face_id)
-                    if face is not None:
-                        state.buffer.add(face)
-                    windows = state.spotter.process_frame(index, pts_s, face)
-                    if windows:
-                        times.spot += time.perf_counter() - t2
-                        emit(windows, state, last_pts)
-                        t2 = time.perf_counter()
-                times.spot += time.perf_counter() - t2
-                if len(tracks) > len(present):
-                    for face_id in [f for f in tracks if f not in alive]:  # forgotten by the tracker: finish and drop
-                        state = tracks.pop(face_id)
-                        emit(state.spotter.flush(), state, last_pts)  # flow time is counted by emit itself
-                pending += 1
-                if on_frames and pending >= 25:
-                    on_frames(pending)
-                    pending = 0
-        for state in tracks.values():
-            t2 = time.perf_counter()
-            windows = state.spotter.flush()
-            times.spot += time.perf_counter() - t2
-            emit(windows, state, last_pts)
-        if on_frames and pending:
-            on_frames(pending)
-    if frames == 0:
-        raise DecodeError(f"{job.path}: no decodable frames")
-    if with_face == 0:
-        raise NoFaceError(f"{job.path}: no face found in {frames} frames", frames, info)
-    samples.sort(key=lambda s: (s.window.onset, s.window.apex, s.face_id))
-    sig = np.frombuffer(signal, dtype=np.float32).reshape(-1, 2).copy() if len(signal) else np.zeros((0, 2), np.float32)
-    return VideoWork(job=job, info=info, samples=samples, frames=frames, frames_with_face=with_face,
-                     faces=len(tracker.face_ids), signal=sig, times=times)
+    return VideoRun(job, settings, detector=detector, on_start=on_start, on_frames=on_frames).run()
 
 
 def _open_within_timeout(job: VideoJob, settings: Settings) -> VideoStream:
@@ -391,8 +410,7 @@ def run_video(
     except MemoryError:
         return VideoFailure(job, "failed", f"{job.path}: out of memory", time.perf_counter() - t0)
     except Exception as e:  # one bad video must not cost the rest of the run
-        text = str(e).strip().splitlines()
-        return VideoFailure(job, "failed", f"{job.path}: {type(e).__name__}: {text[0] if text else ''}".rstrip(": "),
-                            time.perf_counter() - t0, detail=traceback.format_exc())
+        return VideoFailure(job, "failed", f"{job.path}: {one_line(e, with_type=True)}", time.perf_counter() - t0,
+                            detail=traceback.format_exc())
     work.elapsed_s = time.perf_counter() - t0
     return work

@@ -24,7 +24,11 @@ class ProgressHook:
         """A video is finished (done, failed or no face) and its outputs are written."""
 
     def message(self, text: str) -> None:
-        """A one-line notice (e.g. a failed video) worth showing to the user."""
+        """A one-line notice (e.g. a truncated video, a video without a face) worth showing to the user."""
+
+    def error(self, text: str) -> None:
+        """A one-line error: a video failed (the run goes on). Defaults to `message`."""
+        self.message(text)
 
     def end_run(self, report: RunReport) -> None:
         """After the last video."""

@@ -125,6 +125,7 @@ class Window:
     offset: int
     score: float
     kind: WindowKind
+    quality: str = "ok"  # ok | occlusion | head_motion | tracking_lost | lighting (au_annotate.quality.QUALITIES)
 
     def __post_init__(self) -> None:
         if not (self.onset <= self.apex <= self.offset):
@@ -169,8 +170,12 @@ class Segment:
     aus: str  # active FACS code, e.g. "4+7" ("" when none)
     emotion: str  # "" when no rule fired
     rule: str = ""  # name of the rule that fired
+    emotion_model: str = ""  # the model's own 3-class emotion (negative|positive|surprise); "" without an emotion head
+    emotion_model_p: float = float("nan")  # its softmax probability
+    uncalibrated: tuple[str, ...] = ()  # reported AUs without a usable threshold: probability only, no _c, not in `aus`
     flow_image: np.ndarray | None = None  # the 28x28 RGB model input, kept for reports
     apex_crop: np.ndarray | None = None  # small grayscale aligned face at the apex, kept for reports
+    quality: str = "ok"  # the window's quality gate (au_annotate.quality): only "ok" segments are counted
 
 
 @dataclass(frozen=True, eq=False)
@@ -187,7 +192,13 @@ class VideoResult:
     faces: int = 0
     elapsed_s: float = 0.0
     outputs: tuple[Path, ...] = ()
-    signal: np.ndarray | None = None  # optional per-frame spotting signal (frame index, value), for reports
+    # optional spotting signals, for reports: (N, 3) float32 of frame index, micro signal, macro signal (NaN where that
+    # detector took no sample at that frame); older (N, 2) arrays (frame index, micro signal) are still accepted
+    signal: np.ndarray | None = None
+    # windows the spotter found but the outputs do not report (blinks), so a report can label those peaks
+    unreported: tuple[Window, ...] = ()
+    decoded_s: float = 0.0  # seconds of video actually decoded (less than info.duration_s for a truncated file)
+    stage_s: dict[str, float] | None = None  # CPU pipeline seconds per stage (decode wait, face, spot, flow)
 
 
 @dataclass(frozen=True)
@@ -199,6 +210,7 @@ class RunReport:
     skipped_files: tuple[Path, ...] = ()  # non-video files met while discovering
     elapsed_s: float = 0.0
     outputs: tuple[Path, ...] = field(default=())  # dataset-level outputs (segments.csv, report)
+    model_s: float = 0.0  # seconds the batch runner spent on the model (all videos)
 
     @property
     def failed(self) -> tuple[VideoResult, ...]:

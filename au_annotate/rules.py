@@ -38,6 +38,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from au_annotate.errors import unknown_keys
 from au_annotate.facs import Alternative, AUCode, FACSCode, FACSParseError, parse
 
 DEFAULT_RULES_NAME = "emfacs_rules.toml"
@@ -266,7 +267,7 @@ def _parse_rules(text: str, source: str) -> RuleSet:
         line = m.group(1) if m else "1"
         cause = f"{msg[: m.start()].strip()} (column {m.group(2)})" if m else msg
         raise RulesError(f"{source}:{line}: invalid TOML: {cause}") from None
-    unknown = sorted(set(data) - TOP_KEYS)
+    unknown = unknown_keys(data, TOP_KEYS)
     if unknown:
         raise RulesError(f"{source}:{_key_line(text, unknown[0])}: unknown key '{unknown[0]}' "
                          f"(expected: format, matching, rule)")  # fmt: skip
@@ -301,7 +302,7 @@ def _parse_rules(text: str, source: str) -> RuleSet:
         def where(key: str | None = None, _h: int = header, _k: dict[str, int] = keys) -> str:
             return f"{source}:{_k.get(key, _h) if key else _h}"
 
-        extra = sorted(set(raw) - RULE_KEYS)
+        extra = unknown_keys(raw, RULE_KEYS)
         if extra:
             raise RulesError(
                 f"{where(extra[0])}: unknown rule key '{extra[0]}' (expected: {', '.join(sorted(RULE_KEYS))})"

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from au_annotate.errors import check_keys
+
 
 class SettingsError(ValueError):
     """A settings value or config file is invalid (message names the key or the file)."""
@@ -42,6 +44,11 @@ class Settings:
     weights: str | None = None  # None = the shipped default checkpoint; else a registry name or a path
     au_order: str | None = None  # None = the checkpoint's own; "seed25" for the seed's plain state dict
     all_aus: bool = False  # report every AU, not only those the model card marks reliable
+    # per-study calibration (`au-annotate calibrate` writes them into a study.toml): windows whose spotting score is
+    # below min_score are not reported (a number for every kind, or {micro = .., macro = ..}); au_thresholds
+    # {AU04 = 0.42, ...} replace the checkpoint's decision thresholds of those AUs
+    min_score: float | dict[str, float] | None = None
+    au_thresholds: dict[str, float] = field(default_factory=dict)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: int = 256
     # output
@@ -59,10 +66,7 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (unknown names raise SettingsError)."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
+        check_keys(changes, (f.name for f in dataclasses.fields(self)), "setting", SettingsError, list_known=False)
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
@@ -87,10 +91,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise SettingsError(f"{p}: invalid TOML: {e}") from None
     data = data.get("annotate", data)
-    names = {f.name for f in dataclasses.fields(Settings)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise SettingsError(f"{p}: unknown setting(s): {', '.join(unknown)}")
+    check_keys(data, (f.name for f in dataclasses.fields(Settings)), "setting", SettingsError, where=str(p),
+               list_known=False)
     if "formats" in data and isinstance(data["formats"], list):
         data["formats"] = tuple(data["formats"])
     if "rules" in data and data["rules"] is not None:

@@ -25,16 +25,35 @@ The default spotter, "roi-flow", follows the no-training optical-flow recipe (He
 7. Duration <= `max_micro_s` is a micro-expression, longer (up to `max_window_s`) a macro-expression; each time scale
    keeps only its own kind, and a macro window over an already reported micro one is dropped. Eye-area-only events whose
    motion at the apex points down (an upper lid closing) are blinks: labelled "blink" (default), dropped, or kept
-   (`blinks`).
+   (`blinks`). A micro window must also come back: its net onset->offset motion at most `return_ratio` of its
+   excursion (a held expression is a step, not a micro-expression).
+8. Quality gate (au_annotate/quality.py): every micro/macro window gets a `quality` (ok, occlusion, head_motion,
+   tracking_lost, lighting) from the template score, crop brightness, the rigid fit's rotation/scale and the spread
+   of the residual over the face around it; the pipeline reports only "ok" ones unless `gated = "label"`. An optional
+   local noise level (`context_s`) raises a region's threshold while that region keeps moving around the event.
 
-All durations are in seconds and converted with the video's frame rate; every buffer is a ring sized from seconds, so the
-state is bounded for any video length. A window is emitted at most `max_latency_frames` frames after its onset frame.
+All durations are in seconds and converted with the video's nominal frame rate; every buffer is a ring sized from
+seconds, so the state is bounded for any video length. A window is emitted at most `max_latency_frames` frames after its
+onset frame.
+
+Variable frame rate: the frames' timestamps (`pts_s`) decide what depends on real time. A window's duration (micro vs
+macro, `min_duration_s`, `max_window_s`) is measured from its onset frame's timestamp to the end of its offset frame,
+and the k- and K-back distances of both detectors follow the timestamps (the frames nearest to k_s seconds before and
+after, for local rates from half to twice the nominal one). The other distances stay in nominal frames: the smoothing
+(a frame or two), the noise history, the peak gap and the onset/offset search radius and stall; at a local rate far
+from the nominal one they cover proportionally more or less time. At a constant rate everything is as before: the
+timestamps then give exactly k frames and (offset - onset + 1) / fps seconds.
+
+`on_signal(detector, frame, value)`, when given, receives every decided sample of both detectors ("micro", "macro"):
+the frame index and the value its threshold (1.0) is applied to, in frame order per detector (a window's score is its
+detector's value at its apex).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -42,6 +61,9 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from au_annotate.errors import check_keys
+from au_annotate.megc import iou
+from au_annotate.quality import FrameSignals, GateConfig, StepSignals, label_window
 from au_annotate.records import AlignedFace, Window
 
 REF_SIZE = 224.0  # motion is reported in pixels of a 224-px aligned crop, whatever the crop and flow sizes
@@ -65,6 +87,8 @@ ROIS: tuple[tuple[str, int | str, tuple[float, float], tuple[float, float]], ...
 ROI_NAMES = tuple(r[0] for r in ROIS)
 EYE_ROIS = (ROI_NAMES.index("eye_l"), ROI_NAMES.index("eye_r"))
 EYE_AREA_ROIS = EYE_ROIS + (ROI_NAMES.index("lid_l"), ROI_NAMES.index("lid_r"))
+GATE_LOG_SIZE = 16  # gate decisions kept for diagnosis (the latest windows only: state stays bounded and small)
+SignalHook = Callable[[str, int, float], None]  # on_signal(detector "micro" | "macro", frame index, signal value)
 DIP_RATIO = 0.75  # two peaks of one run are separate when the signal between them falls below this share of the first
 
 
@@ -97,6 +121,14 @@ class SpotConfig:
     extent_fraction: float = 0.8  # onset/offset where the displacement from the apex reaches this share of its plateau
     min_duration_s: float = 0.06  # shorter windows are discarded (flicker)
     blinks: str = "label"  # label | drop | keep: what to do with eye-only downward events
+    return_ratio: float = 0.6  # a micro window's net onset->offset motion must be at most this share of its excursion
+    context_s: float = 0.0  # local noise: a region's median motion this long before/after an event (0: off, default)
+    gate: str = "label"  # label: each window gets a quality (au_annotate.quality); off: every window is "ok"
+    gated: str = "drop"  # drop: windows with a quality other than ok are not written (report only); label: written
+    match_drop: float = 0.15  # gate: tracking_lost when the match falls this far below the track's running median
+    lighting_jump: float = 0.06  # gate: lighting when the crop's mean brightness changes this share within k
+    spread_ratio: float = 0.5  # gate: occlusion when the median residual over the face reaches this share of the event
+    head_ratio: float = 1.0  # gate: head_motion when the rigid motion exceeds this multiple of the event's motion
 
     @staticmethod
     def from_any(config: SpotConfig | dict[str, Any] | None) -> SpotConfig:
@@ -105,10 +137,7 @@ class SpotConfig:
             return SpotConfig()
         if isinstance(config, SpotConfig):
             return config
-        names = {f.name for f in dataclasses.fields(SpotConfig)}
-        unknown = sorted(set(config) - names)
-        if unknown:
-            raise SpotError(f"unknown spotting option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        check_keys(config, (f.name for f in dataclasses.fields(SpotConfig)), "spotting option", SpotError)
         cfg = SpotConfig(**config)
         cfg.validate()
         return cfg
@@ -119,6 +148,10 @@ class SpotConfig:
             raise SpotError(f"dis_preset must be one of {', '.join(_DIS_PRESETS)}, got {self.dis_preset!r}")
         if self.blinks not in ("label", "drop", "keep"):
             raise SpotError(f"blinks must be label, drop or keep, got {self.blinks!r}")
+        if self.gate not in ("label", "off") or self.gated not in ("drop", "label"):
+            raise SpotError(f"gate must be label or off and gated drop or label, got {self.gate!r}, {self.gated!r}")
+        if self.context_s < 0:
+            raise SpotError(f"context_s must be >= 0, got {self.context_s}")
         if self.flow_size < 32:
             raise SpotError(f"flow_size must be >= 32, got {self.flow_size}")
         for name in ("k_s", "max_micro_s", "max_window_s", "history_s", "p", "macro_p"):
@@ -204,27 +237,77 @@ class _Candidate:
 
 
 class _Detector:
-    """One time scale (k frames back): region motion -> smoothed -> transient score -> thresholded peaks."""
+    """One time scale (k steps back): region motion -> smoothed -> transient score -> thresholded peaks.
+
+    The k-back distances follow the frames' timestamps: the flow reference of a step (`reference`) and the partner
+    that the transient score pairs it with (`_partner`) are the steps nearest to k nominal steps (k * step_s
+    seconds) before and after it, searched from k/2 to 2 k steps, so a stretch of a variable-frame-rate video at half
+    or twice the nominal rate still compares motion over k_s seconds. At a constant rate both are exactly k steps."""
 
     def __init__(self, name: str, stride: int, k: int, half: int, p: float, floor: float, hist: int, refresh: int,
-                 warmup: int, gap: int, radius: int, ring: int) -> None:
-        # k, half, hist, refresh, warmup and ring count sampled steps (one step = `stride` frames); gap and radius frames
+                 warmup: int, gap: int, radius: int, step_s: float, ctx: int = 0) -> None:
+        # k, half, hist, refresh, warmup and ctx count sampled steps (one step = `stride` frames); gap and radius frames
         self.name, self.stride, self.k, self.half, self.p, self.floor = name, stride, k, half, p, floor
         self.gap, self.radius, self.warmup = gap, radius, warmup
-        self.vec = _Ring(ring)  # raw region motion per frame (R, 2) or None
+        self.k_lo, self.k_hi = max(1, k // 2), 2 * k  # the k-back distance may span this many steps
+        # local noise context: steps [c - k - g - ctx, c - k - g) and (c + 2k + g, c + 2k + g + ctx], g = k / 2: clear
+        # of an event's own go (c - k .. c) and return (c .. c + k) motion, so the event does not raise its own level
+        self.ctx, self.ctx_gap = ctx, (k + 1) // 2
+        self.ctx_after = 2 * k + self.ctx_gap + ctx if ctx else 0  # steps a score waits for its context
+        self.span_s = k * step_s  # ... aiming at this many seconds
+        self.step_s = step_s
+        self._eps = 0.25 * step_s  # timestamp jitter tolerated before a later step counts as past the target
+        ring = 2 * self.k_hi + 4 * half + 8 + 4 * (self.ctx_after + k + self.ctx_gap + ctx)
+        self.vec = _Ring(ring)  # raw region motion per step (R, 2) or None
         self.smooth = _Ring(ring)  # smoothed region motion
+        self.times = _Ring(ring)  # timestamp of each step (seconds)
         self.history = _History(hist, len(ROIS), refresh)
-        self.pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # (c, raw scores, smoothed vectors) awaiting warmup
+        # smoothed magnitudes per step with their step index and time, as arrays: the local level is one median
+        self._mag = np.zeros((ring, len(ROIS)), np.float32)
+        self._mag_key = np.full(ring, -1, np.int64)
+        self._mag_t = np.zeros(ring, np.float64)
+        self.pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = []  # (c, raw, vectors, local level)
+        self.next_c = 0  # next step whose transient score waits for its partner
         self.run: _Candidate | None = None
         self.candidates: list[_Candidate] = []  # closed peaks waiting to be settled, in apex order
         self.recent: list[_Candidate] = []  # decided peaks of the last 2 x `gap` frames (suppression context)
         self.decided = -1  # last frame whose signal went through the peak logic
         self._dip = math.inf  # lowest signal since the current peak
 
-    def add(self, index: int, vectors: np.ndarray | None) -> tuple[int, float] | None:
-        """Store frame `index`'s motion; returns (frame, signal) for the frame whose score became computable."""
+    def reference(self, step: int, t: float) -> int | None:
+        """The earlier step nearest to `span_s` seconds before step `step` (at time t): its flow reference. None near the
+        stream start, where no step lies that far back yet."""
+        target = t - self.span_s
+        best, best_d = None, math.inf
+        for s in range(step - self.k_lo, step - self.k_hi - 1, -1):
+            ts = self.times.get(s)
+            if ts is None:
+                return None  # the stream starts after the target: no reference that far back
+            if abs(ts - target) < best_d:
+                best, best_d = s, abs(ts - target)
+            if ts <= target + self._eps:
+                break  # steps further back are further from the target
+        return best
+
+    def _partner(self, c: int, newest: int) -> int | None:
+        """The later step nearest to `span_s` seconds after step c, once steps up to `newest` are smoothed; None while
+        a later step could still be nearer."""
+        tc = self.times.get(c)
+        if tc is None:
+            return None
+        target = tc + self.span_s
+        for s in range(c + self.k_lo, min(c + self.k_hi, newest) + 1):
+            ts = self.times.get(s)
+            if ts is not None and ts >= target - self._eps:
+                before = self.times.get(s - 1) if s > c + self.k_lo else None
+                return s - 1 if before is not None and target - before < ts - target else s
+        return c + self.k_hi if newest >= c + self.k_hi else None
+
+    def add(self, index: int, t: float, vectors: np.ndarray | None) -> list[tuple[int, float]]:
+        """Store step `index`'s motion (its frame at time t); returns (frame, signal) of the steps decided now."""
         self.vec.put(index, vectors)
-        c_s = index - self.half  # smoothing is complete for this frame
+        self.times.put(index, t)
+        c_s = index - self.half  # smoothing is complete for this step
         if c_s >= 0:
             acc, n = None, 0
             for j in range(c_s - self.half, c_s + self.half + 1):
@@ -235,42 +318,73 @@ class _Detector:
             sm = acc / n if acc is not None else None
             self.smooth.put(c_s, sm)
             if sm is not None:
-                self.history.push(np.linalg.norm(sm, axis=1))
-        c = index - self.half - self.k  # transient score needs smoothed motion at c and c + k
-        if c < 0:
-            return None
-        a, b = self.smooth.get(c), self.smooth.get(c + self.k)
-        if a is None or b is None:
-            raw = np.zeros(len(ROIS), np.float32)
-            vec = np.zeros((len(ROIS), 2), np.float32)
-        else:
-            raw = np.sqrt(np.maximum(0.0, -np.sum(a * b, axis=1)))
-            vec = a
-        self.pending.append((c, raw, vec))
-        if self.history.count < self.warmup and len(self.pending) < 2 * self.warmup:
-            return None  # wait for a noise estimate (bounded: without faces, decide on the floor alone)
+                mag = np.sqrt(sm[:, 0] * sm[:, 0] + sm[:, 1] * sm[:, 1])
+                self.history.push(mag)
+                slot = c_s % len(self._mag_key)
+                self._mag[slot], self._mag_key[slot] = mag, c_s
+                self._mag_t[slot] = self.times.get(c_s) or 0.0
+        self._score(c_s, final=False)
+        if not self.pending or (self.history.count < self.warmup and len(self.pending) < 2 * self.warmup):
+            return []  # wait for a noise estimate (bounded: without faces, decide on the floor alone)
         return self._decide_pending()
 
-    def _decide_pending(self) -> tuple[int, float] | None:
-        thr = np.maximum(self.p * self.history.level(), self.floor)
-        out = None
-        for c, raw, vec in self.pending:
-            scores = raw / thr
-            value = float(scores.max())
+    def _score(self, c_s: int, final: bool) -> None:
+        """Transient scores of the steps whose partner (and local context) is smoothed by step c_s, into `pending`."""
+        while self.next_c + self.k_lo <= c_s:  # transient scores need smoothed motion at c and at its partner
+            partner = self._partner(self.next_c, c_s)
+            if partner is None or (not final and c_s < self.next_c + self.ctx_after):
+                break
+            a, b = self.smooth.get(self.next_c), self.smooth.get(partner)
+            if a is None or b is None:
+                raw = np.zeros(len(ROIS), np.float32)
+                vec = np.zeros((len(ROIS), 2), np.float32)
+            else:
+                raw = np.sqrt(np.maximum(0.0, -np.sum(a * b, axis=1)))
+                vec = a
+            self.pending.append((self.next_c, raw, vec, self._local_level(self.next_c, c_s)))
+            self.next_c += 1
+
+    def _local_level(self, c: int, newest: int) -> np.ndarray | None:
+        """Median motion magnitude per region in the context before and after step c (None: off or too little).
+
+        A region that keeps moving around an event (the lips while talking, the cheeks while laughing) has a high
+        local level, which raises that region's threshold for a few seconds only; a still face keeps the long one."""
+        if not self.ctx:
+            return None
+        tc = self.times.get(c)
+        if tc is None:
+            return None
+        # by the timestamps (a stretch at twice the nominal rate holds twice the steps): the event's own span and
+        # the context each side, in seconds
+        lo, hi = tc - (self.k + self.ctx_gap) * self.step_s, tc + (2 * self.k + self.ctx_gap) * self.step_s
+        width = self.ctx * self.step_s
+        reach = 2 * (2 * self.k + self.ctx_gap + self.ctx)
+        idx = np.arange(max(0, c - reach), min(c + reach, newest) + 1)
+        slots = idx % len(self._mag_key)
+        t = self._mag_t[slots]
+        keep = (self._mag_key[slots] == idx) & (t >= lo - width) & (t <= hi + width) & ((t < lo) | (t > hi))
+        if int(keep.sum()) < max(2, self.ctx // 2):
+            return None
+        return np.median(self._mag[slots[keep]], axis=0)
+
+    def _decide_pending(self) -> list[tuple[int, float]]:
+        """Threshold the waiting scores and run them through the peak logic; their (frame, signal) in order."""
+        base = np.maximum(self.p * self.history.level(), self.floor)
+        out = []
+        for c, raw, vec, local in self.pending:
+            scores = raw / base  # the shape of the event (blink test, active regions) on the long level
+            value = float(scores.max() if local is None else (raw / np.maximum(base, self.p * local)).max())
             self._step(c, value, scores, vec)
-            out = (c * self.stride, value)
+            out.append((c * self.stride, value))
         self.pending.clear()
         return out
 
     def flush_pending(self) -> list[tuple[int, float]]:
-        """Decide what waited for warm-up, then close an open run (end of stream)."""
-        signals = []
-        thr = np.maximum(self.p * self.history.level(), self.floor)
-        for c, raw, vec in self.pending:
-            scores = raw / thr
-            self._step(c, float(scores.max()), scores, vec)
-            signals.append((c * self.stride, float(scores.max())))
-        self.pending.clear()
+        """Score what waited for its context, decide what waited for warm-up, then close an open run (end of stream)."""
+        last = max((i for i in range(self.next_c, self.next_c + self.ctx_after + self.k_hi + self.half + 2)
+                    if self.times.get(i) is not None), default=-1)
+        self._score(last - self.half, final=True)
+        signals = self._decide_pending()
         if self.run is not None:
             self._close_run()
         return signals
@@ -336,7 +450,7 @@ class RoiFlowSpotter:
     """The default spotter ("roi-flow"): DIS flow k frames back, landmark ROIs, head-motion removal, adaptive threshold."""
 
     def __init__(self, fps: float, config: SpotConfig | dict[str, Any] | None = None,
-                 on_signal: Callable[[int, float], None] | None = None) -> None:
+                 on_signal: SignalHook | None = None) -> None:
         if not fps or fps <= 0 or not math.isfinite(fps):
             raise SpotError(f"fps must be positive, got {fps}")
         self.config = cfg = SpotConfig.from_any(config)
@@ -372,15 +486,19 @@ class RoiFlowSpotter:
             k = steps(k_s)
             half = int(round(cfg.smooth_s / step_s / 2))
             det_gap = max(gap, 2 * k * stride) if name == "macro" else gap
-            self.detectors.append(_Detector(name, stride, k, half, p, cfg.min_motion_px, steps(cfg.history_s),
-                                            steps(0.25), steps(cfg.warmup_s), det_gap, radius, 2 * k + 4 * half + 8))
-            delay = max(delay, (k + half + 1) * stride)
+            ctx = steps(cfg.context_s) if cfg.context_s > 0 else 0
+            det = _Detector(name, stride, k, half, p, cfg.min_motion_px, steps(cfg.history_s), steps(0.25),
+                            steps(cfg.warmup_s), det_gap, radius, step_s, ctx)
+            self.detectors.append(det)
+            # a score waits for its partner (up to 2 k steps) and for its local context after it
+            delay = max(delay, (max(det.k_hi, det.ctx_after) + half + 1) * stride)
         gap_max = max((d.gap for d in self.detectors), default=0)
         # a window closes at most max(radius, gap + delay) frames after its apex (+ warm-up at the stream start), and
         # its onset is at most `longest` frames before the apex
         self.max_latency_frames = longest + max(longest, 2 * gap_max) + delay + 2 * warmup_frames + 2
         self.crop_ring_size = self.max_latency_frames + 2
         self.crops = _Ring(self.crop_ring_size)  # (small crop, small landmarks, (face_id, epoch)) per frame
+        self.times = _Ring(self.crop_ring_size)  # every frame's timestamp (seconds), for real window durations
         # latest frame fed minus onset of the latest window it can emit: radius before the apex, radius after it,
         # the detector delay, and the warm-up at the start of the stream
         self._dis = cv2.DISOpticalFlow.create(_DIS_PRESETS[cfg.dis_preset])
@@ -389,6 +507,15 @@ class RoiFlowSpotter:
             self._dis.setPatchStride(int(cfg.dis_patch_stride))
         self._roi_cache: dict[bytes, _Geometry] = {}
         self._newest = -1
+        # quality gate (au_annotate.quality): per-frame and per-step signals over the crop ring, the match history
+        self.gate = GateConfig(match_drop=cfg.match_drop, lighting_jump=cfg.lighting_jump,
+                               spread_ratio=cfg.spread_ratio, head_ratio=cfg.head_ratio)
+        self.qframes = _Ring(self.crop_ring_size)  # FrameSignals per frame (None: no face)
+        self.qsteps = {d.name: _Ring(self.crop_ring_size) for d in self.detectors}  # StepSignals per sampled frame
+        self._match_hist = _History(frames(cfg.history_s), 1, frames(0.5))
+        self._last_step: StepSignals | None = None
+        # the gate's inputs of the latest windows (apex, label, evidence, head, spread, match level, min match): why
+        self.gate_log: deque[tuple] = deque(maxlen=GATE_LOG_SIZE)
         self._emitted: list[Window] = []  # recent windows, to resolve micro/macro overlaps (bounded below)
 
     # -- per-frame motion --------------------------------------------------------------------------------------------
@@ -437,11 +564,23 @@ class RoiFlowSpotter:
         self._roi_cache[key] = geo
         return geo
 
-    def _region_motion(self, a: np.ndarray, b: np.ndarray, lm: np.ndarray) -> np.ndarray:
-        """Per-region motion (R, 2) from crop a to crop b, head motion removed, in pixels of a 224-px crop."""
+    def _region_motion(self, a: np.ndarray, b: np.ndarray, lm: np.ndarray, stats: bool = False) -> np.ndarray:
+        """Per-region motion (R, 2) from crop a to crop b, head motion removed, in pixels of a 224-px crop (`stats`:
+        also the gate's StepSignals of this flow, in `_last_step`)."""
         flow = self._dis.calc(a, b, None)
         geo = self._rois(lm)
-        coef = _fit_affine(flow[geo.face].reshape(-1, 2), geo.design, geo.normal_inv).astype(np.float32)
+        grid = flow[geo.face].reshape(-1, 2)
+        coef = _fit_affine(grid, geo.design, geo.normal_inv).astype(np.float32)
+        if stats:  # gate signals: the rigid motion and the spread of the residual over the face (224-px crop pixels)
+            sub = slice(None, None, 4)  # every 4th face point: a median and a mean need no more
+            rigid = geo.design[sub].astype(np.float32) @ coef
+            d = grid[sub] - rigid
+            k = REF_SIZE / self.config.flow_size
+            dev = rigid - rigid.mean(0)  # rotation/scale/shear only: a translation is fitted exactly (no fit error)
+            head = float(np.sqrt((dev * dev).sum(1)).mean()) * k
+            res = (d * d).sum(1)
+            spread = math.sqrt(float(np.partition(res, len(res) // 2)[len(res) // 2])) * k  # median residual
+            self._last_step = StepSignals(head_px=head, spread_px=spread)
         r, nmax = geo.flat.shape
         # gather each (dx, dy) pair as one 8-byte item: 12x faster than fancy-indexing rows of a (N, 2) array
         picked = np.ascontiguousarray(flow, dtype=np.float32).reshape(-1).view(np.uint64).take(geo.flat.ravel())
@@ -459,11 +598,13 @@ class RoiFlowSpotter:
     def process_frame(self, index: int, pts_s: float, face: AlignedFace | None) -> list[Window]:
         """Feed one frame (None when no face); returns the windows that closed."""
         self._newest = index
+        self.times.put(index, float(pts_s))
         if face is None:
             self.crops.put(index, None)
+            self.qframes.put(index, None)
             for det in self.detectors:
                 if index % det.stride == 0:
-                    self._signal(det, det.add(index // det.stride, None))
+                    self._signal(det, det.add(index // det.stride, pts_s, None))
             return self._collect(final=False)
         n = self.config.flow_size
         crop = face.crop
@@ -473,28 +614,35 @@ class RoiFlowSpotter:
         lm = np.asarray(face.landmarks, np.float64) * (n / crop.shape[0])
         track = (face.face_id, getattr(face, "epoch", 0))  # crops of one tracking epoch are pixel-aligned
         self.crops.put(index, (small, lm, track))
+        match = float(getattr(face, "match", 1.0))
+        x, y, w, h = getattr(face, "box", (0.0, 0.0, 1.0, 1.0))
+        self.qframes.put(index, FrameSignals(match, float(cv2.mean(small)[0]), x + w / 2, y + h / 2, max(w, h)))
+        self._match_hist.push(np.array([match], np.float32))
         for det in self.detectors:
             if index % det.stride:
                 continue
-            prev = self.crops.get(index - det.k * det.stride)
+            step = index // det.stride
+            ref = det.reference(step, pts_s)  # about k_s seconds back by the timestamps (k steps at a constant rate)
+            prev = self.crops.get(ref * det.stride) if ref is not None else None
             vec = None
             if prev is not None and prev[2] == track:
-                vec = self._region_motion(prev[0], small, lm)
-            self._signal(det, det.add(index // det.stride, vec))
+                vec = self._region_motion(prev[0], small, lm, stats=self.config.gate == "label")
+                self.qsteps[det.name].put(index, self._last_step)
+            self._signal(det, det.add(step, pts_s, vec))
         return self._collect(final=False)
 
     def flush(self) -> list[Window]:
         """End of stream: decide everything still pending and return the remaining windows."""
         for det in self.detectors:
             # frames after the last one have no k-forward motion; score what can be scored
-            for c, value in det.flush_pending():
-                if det.name == "micro" and self.on_signal is not None:
-                    self.on_signal(c, value)
+            self._signal(det, det.flush_pending())
         return self._collect(final=True)
 
-    def _signal(self, det: _Detector, item: tuple[int, float] | None) -> None:
-        if item is not None and det.name == "micro" and self.on_signal is not None:
-            self.on_signal(*item)
+    def _signal(self, det: _Detector, items: list[tuple[int, float]]) -> None:
+        """Report each decided sample to `on_signal(detector, frame, value)`: the value its threshold applies to."""
+        if self.on_signal is not None:
+            for index, value in items:
+                self.on_signal(det.name, index, value)
 
     def _collect(self, final: bool) -> list[Window]:
         out: list[Window] = []
@@ -515,7 +663,7 @@ class RoiFlowSpotter:
         if w.kind != "macro":
             return False  # short movements are the micro detector's
         # a movement already reported as micro (or blink) is not reported again as macro
-        return not any(_iou(w, e) >= 0.3 for e in self._emitted if e.kind != "macro")
+        return not any(iou(w.onset, w.offset, e.onset, e.offset) >= 0.3 for e in self._emitted if e.kind != "macro")
 
     def _window(self, cand: _Candidate) -> Window | None:
         """Onset/offset by flow from the apex crop; kind by duration and blink shape."""
@@ -529,18 +677,70 @@ class RoiFlowSpotter:
         offset = self._extent(cand, apex_crop, lm, fid, active, +1)
         if onset is None or offset is None:
             return None  # the movement did not level off within the search radius
-        if offset - onset + 1 < self.min_len:
-            return None
-        duration = offset - onset + 1
-        if duration > self.max_window:
+        duration = self._nominal_frames(onset, offset)
+        if duration < self.min_len or duration > self.max_window:
             return None
         kind = "micro" if duration <= self.max_micro else "macro"
+        if kind == "micro" and not cand.blink and self.config.return_ratio > 0 and not self._returns(
+                apex_crop, lm, fid, active, onset, offset):
+            return None  # a step (an expression that is held, a posture change): not a go-and-return movement
         if kind == "micro" and cand.blink:
             if self.config.blinks == "drop":
                 return None
             if self.config.blinks == "label":
                 kind = "blink"
-        return Window(onset=onset, apex=cand.apex, offset=offset, score=round(float(cand.value), 4), kind=kind)
+        gated = self.config.gate == "label" and kind != "blink"
+        quality = self._quality(cand, onset, offset, active) if gated else "ok"
+        return Window(onset=onset, apex=cand.apex, offset=offset, score=round(float(cand.value), 4), kind=kind,
+                      quality=quality)
+
+    def _returns(self, apex_crop: np.ndarray, lm: np.ndarray, fid: tuple[str, int], active: tuple[int, ...],
+                 onset: int, offset: int) -> bool:
+        """Whether the active regions come back: their net motion from onset to offset is at most `return_ratio` of
+        their larger excursion to the apex (a micro-expression goes and returns; a step stays where it went)."""
+        a, b = self.crops.get(onset), self.crops.get(offset)
+        if a is None or b is None or a[2] != fid or b[2] != fid or not active:
+            return True  # cannot tell: keep the window
+        idx = list(active)
+        net = float(np.linalg.norm(self._region_motion(a[0], b[0], lm)[idx], axis=1).mean())
+        go = float(np.linalg.norm(self._region_motion(apex_crop, a[0], lm)[idx], axis=1).mean())
+        back = float(np.linalg.norm(self._region_motion(apex_crop, b[0], lm)[idx], axis=1).mean())
+        return net <= self.config.return_ratio * max(go, back, 1e-6)
+
+    def _quality(self, cand: _Candidate, onset: int, offset: int, active: tuple[int, ...]) -> str:
+        """The window's quality label (au_annotate.quality) from the gate signals from onset - k to offset + k."""
+        det = next(d for d in self.detectors if d.name == cand.detector)
+        k = det.k * det.stride
+        lo, hi = max(0, onset - k), min(self._newest, offset + k)
+        frames = [self.qframes.get(i) for i in range(lo, hi + 1)]
+        ring = self.qsteps[cand.detector]
+        first = -(-(lo + k) // det.stride) * det.stride  # steps lie on multiples of the stride
+        steps = [ring.get(i) for i in range(first, hi + 1, det.stride)]
+        evidence = float(np.linalg.norm(cand.vectors[list(active)], axis=1).max()) if active else 0.0
+        level = float(self._match_hist.level()[0])
+        label = label_window(frames, steps, k, evidence, level, self.gate)
+        st = [x for x in steps if x is not None]
+        self.gate_log.append((cand.apex, label, round(evidence, 3), round(max((x.head_px for x in st), default=0), 3),
+                              round(max((x.spread_px for x in st), default=0), 3), round(level, 3),
+                              round(min((f.match for f in frames if f is not None), default=0), 3)))
+        return label
+
+    def _nominal_frames(self, onset: int, offset: int) -> float:
+        """A window's duration by the timestamps, in nominal frames (what min_duration_s, max_micro_s and max_window_s
+        are compared with). Where the timestamps agree with the inclusive frame count to half a frame (a constant rate,
+        even with timestamps rounded to a coarse time base such as WebM's 1 ms) it is exactly that count."""
+        count = offset - onset + 1
+        real = self._duration_s(onset, offset) * self.fps
+        return real if abs(real - count) >= 0.5 else float(count)
+
+    def _duration_s(self, onset: int, offset: int) -> float:
+        """Seconds from the start of frame `onset` to the end of frame `offset`, by the frames' timestamps (the end of
+        a frame is the next frame's timestamp; one nominal frame when that frame is not known yet or is not later)."""
+        t0, t1, t_next = self.times.get(onset), self.times.get(offset), self.times.get(offset + 1)
+        if t0 is None or t1 is None:
+            return (offset - onset + 1) / self.fps
+        end = t_next if t_next is not None and t_next > t1 else t1 + 1 / self.fps
+        return end - t0
 
     def _extent(self, cand: _Candidate, apex_crop: np.ndarray, lm: np.ndarray, fid: tuple[str, int], active: tuple[int, ...],
                 side: int) -> int | None:
@@ -597,14 +797,6 @@ def _is_blink(cand: _Candidate) -> bool:
     return bool(v[1] > 0 and v[1] > abs(v[0]))
 
 
-def _iou(a: Window, b: Window) -> float:
-    """Intersection over union of two windows with inclusive frame counts (as MEGC scores them)."""
-    inter = min(a.offset, b.offset) - max(a.onset, b.onset) + 1
-    if inter <= 0:
-        return 0.0
-    return inter / ((a.offset - a.onset + 1) + (b.offset - b.onset + 1) - inter)
-
-
 @dataclass(frozen=True, eq=False)
 class _Geometry:
     """Cached per landmark set: ROI pixels as a padded table (flat indices, validity, (1, x, y) coordinates, how many
@@ -644,8 +836,9 @@ SPOTTERS: dict[str, Callable[..., Spotter]] = {"roi-flow": RoiFlowSpotter}
 
 
 def make_spotter(name: str, fps: float, config: SpotConfig | dict[str, Any] | None = None,
-                 on_signal: Callable[[int, float], None] | None = None) -> Spotter:
-    """Build a spotter by name ("roi-flow" is the default) for a video of `fps` frames per second."""
+                 on_signal: SignalHook | None = None) -> Spotter:
+    """Build a spotter by name ("roi-flow" is the default) for a video of `fps` (nominal) frames per second;
+    `on_signal(detector, frame, value)` gets both detectors' samples (module docstring)."""
     try:
         cls = SPOTTERS[name]
     except KeyError:

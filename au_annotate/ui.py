@@ -85,6 +85,9 @@ class RichProgress(ProgressHook):
     def message(self, text: str) -> None:
         self.progress.console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
+    def error(self, text: str) -> None:
+        self.progress.console.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
 
 class LogProgress(ProgressHook):
     """Progress for logs (stderr not a terminal: batch jobs, clusters): one tqdm-formatted line at most every 30 s and
@@ -135,6 +138,9 @@ class LogProgress(ProgressHook):
     def message(self, text: str) -> None:
         print(f"warning: {text}", file=self._file, flush=True)
 
+    def error(self, text: str) -> None:
+        print(f"error: {text}", file=self._file, flush=True)
+
 
 def _fmt_duration(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
@@ -147,8 +153,19 @@ def _top(counts: Counter[str], n: int) -> str:
     return " ".join(f"AU{a}×{k}" for a, k in counts.most_common(n)) or "-"
 
 
-def print_summary(report: RunReport, console: Console, *, top_aus: int = 3) -> None:
-    """Per-video rows, totals, failures with reasons, where the outputs went and the time taken."""
+def _duration(r: VideoResult) -> float | None:
+    """Seconds of the video that were annotated: what was decoded (a truncated file stops early), else the
+    container's duration; None when nothing is known (a failed video)."""
+    if r.decoded_s > 0:
+        return r.decoded_s
+    if r.status == "failed":
+        return None
+    return r.info.duration_s if r.info else None
+
+
+def print_summary(report: RunReport, console: Console, *, top_aus: int = 3, wall_s: float | None = None) -> None:
+    """Per-video rows, totals, failures with reasons, where the outputs went and the time taken (`wall_s`: the
+    command's wall time, when the caller measured it; else the run's own)."""
     table = Table(title="au-annotate summary", show_footer=True, header_style="bold")
     table.add_column("video", footer="total", overflow="fold")
     table.add_column("status")
@@ -161,17 +178,17 @@ def print_summary(report: RunReport, console: Console, *, top_aus: int = 3) -> N
     n_micro = n_macro = 0
     all_aus: Counter[str] = Counter()
     for r in report.results:
-        dur = r.info.duration_s if r.info else 0.0
-        total_dur += dur
-        micro = sum(1 for s in r.segments if s.kind == "micro")
-        macro = sum(1 for s in r.segments if s.kind == "macro")
+        dur = _duration(r)
+        total_dur += dur or 0.0
+        micro = sum(1 for s in r.segments if s.kind == "micro" and getattr(s, "quality", "ok") == "ok")
+        macro = sum(1 for s in r.segments if s.kind == "macro" and getattr(s, "quality", "ok") == "ok")
         n_micro += micro
         n_macro += macro
         aus: Counter[str] = Counter(a for s in r.segments for a in s.aus.split("+") if a)
         all_aus.update(aus)
         style = {"done": "green", "failed": "red", "no_face": "yellow", "skipped": "cyan"}.get(r.status, "white")
         table.add_row(
-            escape(r.job.rel.as_posix()), f"[{style}]{r.status}[/]", _fmt_duration(dur) if r.info else "-",
+            escape(r.job.rel.as_posix()), f"[{style}]{r.status}[/]", _fmt_duration(dur) if dur is not None else "-",
             str(r.faces) if r.info else "-", str(micro), str(macro), _top(aus, top_aus),
         )
     table.columns[2].footer = _fmt_duration(total_dur)
@@ -181,7 +198,8 @@ def print_summary(report: RunReport, console: Console, *, top_aus: int = 3) -> N
     console.print(table)
     problems = [r for r in report.results if r.error]
     for r in problems:
-        console.print(f"[red]{r.status}:[/] {escape(r.error or '')}", highlight=False, soft_wrap=True)
+        label = "[red]failed:[/]" if r.status == "failed" else f"[yellow]{r.status.replace('_', ' ')}:[/]"
+        console.print(f"{label} {escape(r.error or '')}", highlight=False, soft_wrap=True)
     done = sum(1 for r in report.results if r.status == "done")
     reused = sum(1 for r in report.results if r.status == "skipped")
     console.print(
@@ -189,6 +207,6 @@ def print_summary(report: RunReport, console: Console, *, top_aus: int = 3) -> N
         + (f" ({reused} up to date from an earlier run)" if reused else "")
         + f", {n_micro + n_macro} segments, "
         f"{len(report.failed)} failed, {len(report.skipped_files)} non-video files skipped, "
-        f"in {_fmt_duration(report.elapsed_s)}. Outputs: {escape(str(Path(report.out_dir)))}",
+        f"in {_fmt_duration(report.elapsed_s if wall_s is None else wall_s)}. Outputs: {escape(str(Path(report.out_dir)))}",
         highlight=False,
     )

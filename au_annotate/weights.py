@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from au_annotate.fileio import atomic_path
+from au_annotate.flow import ENCODINGS, SEED_ENCODING, SEED_FARNEBACK
 from au_annotate.model import HTNet, HTNetConfig, HTNetEnsemble
 
 FORMAT = "au-annotate-htnet"
@@ -37,26 +38,18 @@ SEED25_AU_ORDER: tuple[str, ...] = (
 )  # fmt: skip
 AU_ORDERS: dict[str, tuple[str, ...]] = {"seed25": SEED25_AU_ORDER}
 
-DEFAULT_WEIGHTS = "htnet-samm"
+DEFAULT_WEIGHTS = "htnet-megc"  # the LODO winner (weights/MODEL_CARD.htnet-megc.md); "htnet-samm" stays selectable
+SAMM_WEIGHTS = "htnet-samm"
 
 # What the seed data and our pipeline feed the model (flow.py's docstring); stored in every checkpoint we write.
 DEFAULT_INPUT_META: dict[str, Any] = {
-    "encoding": "seed-hsv",  # H = angle/2, S = 255, V = min-max(magnitude), HSV->RGB, 28x28 INTER_AREA
+    "encoding": SEED_ENCODING,  # H = angle/2, S = 255, V = min-max(magnitude), HSV->RGB, 28x28 INTER_AREA
     "layout": "face",  # or "mosaic" (official HTNet: 2x2 patches around eyes and mouth corners); as Settings.input_layout
     "channel_order": "RGB",
     "scale": "uint8/255",
     "crop_size": 224,
 }
-DEFAULT_FLOW_META: dict[str, Any] = {
-    "method": "farneback",
-    "pyr_scale": 0.5,
-    "levels": 3,
-    "winsize": 15,
-    "iterations": 3,
-    "poly_n": 5,
-    "poly_sigma": 1.2,
-    "flags": 0,
-}
+DEFAULT_FLOW_META: dict[str, Any] = SEED_FARNEBACK.to_meta()  # the pipeline's Farneback parameters (flow.py)
 
 _CHUNK = 1 << 20
 _CHECKPOINT_KEYS = ("format", "format_version", "config", "au_names", "thresholds", "reliable", "meta", "state_dict")
@@ -72,7 +65,7 @@ class WeightsEntry:
 
     name: str
     filename: str
-    sha256: str | None  # None: not pinned (the shipped file is re-trained with the package)
+    sha256: str | None  # pinned checksum, verified on every load by name and by fetch; None: not pinned
     url: str | None  # None: shipped with the package, never downloaded
     au_order: str | None  # for plain state dicts: a key of AU_ORDERS; None when the file names its AUs
     description: str
@@ -81,8 +74,18 @@ class WeightsEntry:
 REGISTRY: dict[str, WeightsEntry] = {
     DEFAULT_WEIGHTS: WeightsEntry(
         name=DEFAULT_WEIGHTS,
+        filename="htnet-megc.pt",
+        sha256="3d4e53c9eaf985346cb9ef6d2d6ffff5d66f63cf4f5455bd4f6facb7b06e74c1",
+        url=None,
+        au_order=None,
+        description="au-annotate HTNet on the MEGC2019 composite (HTNet TV-L1 u/v/strain encoding; AUs from SAMM + "
+        "CASME II, 3-class emotion from all 442); see weights/MODEL_CARD.htnet-megc.md",
+    ),
+    SAMM_WEIGHTS: WeightsEntry(
+        name=SAMM_WEIGHTS,
         filename="htnet-samm.pt",
-        sha256=None,
+        # pinned to the shipped file: a re-trained or edited htnet-samm.pt is refused by name (load it by path)
+        sha256="a1effbc3cf544eb4a28f36362ff1b92595b867117a8324d4135b7023b0bdb216",
         url=None,
         au_order=None,
         description="au-annotate HTNet trained on SAMM flow pictures (all 29 subjects); see weights/MODEL_CARD.md",
@@ -119,10 +122,25 @@ class LoadedModel:
         """Number of model outputs."""
         return len(self.au_names)
 
+    emotion_classes: tuple[str, ...] = ()  # model emotion outputs after the AU outputs; () = no emotion head
+
     @property
     def input_layout(self) -> str:
         """Flow-picture layout the model was trained on: "face" (seed, whole aligned face; default) or "mosaic"."""
         return str(self.meta.get("input", {}).get("layout", "face"))
+
+    @property
+    def input_encoding(self) -> str:
+        """Flow-picture encoding the model was trained on (flow.ENCODINGS; checked on load)."""
+        return str(self.meta.get("input", {}).get("encoding", SEED_ENCODING))
+
+    @property
+    def calibrated(self) -> np.ndarray:
+        """bool (n_aus,): AUs whose threshold is usable (enough training positives); older checkpoints: all."""
+        values = self.meta.get("calibrated")
+        if values is None or len(values) != len(self.au_names):
+            return np.ones(len(self.au_names), bool)
+        return np.asarray(values, bool)
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
@@ -244,6 +262,7 @@ def save_checkpoint(
     thresholds: Iterable[float] | np.ndarray | None = None,
     reliable: Iterable[bool] | np.ndarray | None = None,
     meta: Mapping[str, Any] | None = None,
+    emotion_classes: Sequence[str] = (),
 ) -> str:
     """Write a checkpoint in our format atomically; returns its sha256. Meta is merged over input/flow defaults.
 
@@ -251,9 +270,11 @@ def save_checkpoint(
     are averaged at inference (stored as one state dict with `members.K.` prefixes and `ensemble_size`)."""
     path = Path(path)
     names = tuple(normalize_au_name(a) for a in au_names)
-    n = config.num_classes
+    emotions = tuple(str(e) for e in emotion_classes)
+    n = config.num_classes - len(emotions)
     if len(names) != n or len(set(names)) != n:
-        raise ValueError(f"au_names must be {n} distinct AU names (config.num_classes), got {len(names)}: {names}")
+        raise ValueError(f"au_names must be {n} distinct AU names (config.num_classes - emotion classes), got "
+                         f"{len(names)}: {names}")
     thr = np.full(n, 0.5, np.float32) if thresholds is None else np.asarray(list(thresholds), dtype=np.float32)
     rel = np.ones(n, bool) if reliable is None else np.asarray(list(reliable), dtype=bool)
     if thr.shape != (n,) or rel.shape != (n,):
@@ -272,7 +293,7 @@ def save_checkpoint(
         state = {k.removeprefix("members.0."): v for k, v in state.items()}
     # validate against the configuration before writing anything (a mismatched file must never be produced)
     _strict_load(_build(config, size), state, path)
-    from au_annotate import __version__
+    from au_annotate._version import __version__
 
     full_meta: dict[str, Any] = {
         "input": dict(DEFAULT_INPUT_META),
@@ -281,7 +302,9 @@ def save_checkpoint(
         "au_annotate_version": __version__,
     }
     for key, value in (meta or {}).items():
-        if isinstance(value, Mapping) and isinstance(full_meta.get(key), dict):
+        if key == "flow" and isinstance(value, Mapping) and value.get("method") != full_meta["flow"].get("method"):
+            full_meta[key] = dict(value)  # another flow method: the Farneback defaults do not apply
+        elif isinstance(value, Mapping) and isinstance(full_meta.get(key), dict):
             full_meta[key] = {**full_meta[key], **value}
         else:
             full_meta[key] = value
@@ -296,6 +319,8 @@ def save_checkpoint(
         "ensemble_size": size,
         "state_dict": {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()},
     }
+    if emotions:  # an AU-only checkpoint keeps the original key set
+        payload["emotion_classes"] = list(emotions)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return sha256_file(path)
@@ -363,8 +388,13 @@ def load_checkpoint(path: str | os.PathLike[str], *, au_order: str | None = None
             names = tuple(normalize_au_name(a) for a in obj["au_names"])
         except (TypeError, ValueError) as exc:
             raise WeightsError(f"{path}: bad AU names: {_first_line(exc)}") from exc
-        if len(names) != config.num_classes:
-            raise WeightsError(f"{path}: {len(names)} AU names for {config.num_classes} model outputs")
+        emotions = obj.get("emotion_classes") or []
+        if not isinstance(emotions, list | tuple) or not all(isinstance(e, str) for e in emotions):
+            raise WeightsError(f"{path}: emotion_classes is not a list of class names")
+        emotions = tuple(emotions)
+        if len(names) + len(emotions) != config.num_classes:
+            raise WeightsError(f"{path}: {len(names)} AU names + {len(emotions)} emotion classes for "
+                               f"{config.num_classes} model outputs")
         if order is not None and order != names:
             raise WeightsError(
                 f"{path}: --au-order {au_order} does not match the checkpoint's own AU order ({','.join(names)}); "
@@ -373,6 +403,10 @@ def load_checkpoint(path: str | os.PathLike[str], *, au_order: str | None = None
         thresholds = _vector(obj["thresholds"], len(names), np.float32, 0.5, "thresholds", path)
         reliable = _vector(obj["reliable"], len(names), bool, True, "reliable", path)
         meta = dict(obj["meta"] or {})
+        encoding = (meta.get("input") or {}).get("encoding", SEED_ENCODING)
+        if encoding not in ENCODINGS:
+            raise WeightsError(f"{path}: the checkpoint's flow encoding {encoding!r} is unknown to this au-annotate "
+                               f"(known: {', '.join(ENCODINGS)}); upgrade au-annotate or use other weights")
         state = obj["state_dict"]
         if not isinstance(state, dict):
             raise WeightsError(f"{path}: state_dict is not a dict")
@@ -397,6 +431,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, au_order: str | None = None
         }
         state = obj
         size = 1
+        emotions = ()
     else:
         raise WeightsError(f"{path}: not an au-annotate checkpoint nor a plain HTNet state dict")
 
@@ -405,7 +440,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, au_order: str | None = None
     model.eval()
     return LoadedModel(
         model=model, config=config, au_names=names, thresholds=thresholds, reliable=reliable, sha256=digest,
-        path=path, name=path.name, meta=meta,
+        path=path, name=path.name, meta=meta, emotion_classes=emotions,
     )
 
 
@@ -440,7 +475,14 @@ def _missing_hint(entry: WeightsEntry) -> str:
     """How to get a registry checkpoint that is not on disk."""
     if entry.url is not None:
         return f"download it with `au-annotate weights fetch {entry.name}`"
-    return f"reinstall au-annotate, or train one with `au-annotate train ... -o weights/{entry.filename}`"
+    return "reinstall au-annotate, or train your own with `au-annotate train ... -o my.pt` and pass `--weights my.pt`"
+
+
+def _mismatch_hint(entry: WeightsEntry) -> str:
+    """What to do when a registry file on disk is not the pinned one."""
+    if entry.url is not None:
+        return f"delete it and download it again with `au-annotate weights fetch {entry.name}`"
+    return "it is not the shipped file: reinstall au-annotate, or load your own checkpoint by path (`--weights PATH`)"
 
 
 def resolve_weights(spec: str | os.PathLike[str] | None) -> Path:
@@ -478,7 +520,7 @@ def load_weights(spec: str | os.PathLike[str] | None = None, *, au_order: str | 
     if entry.sha256 is not None and loaded.sha256 != entry.sha256:
         raise WeightsError(
             f"{path}: checksum mismatch for '{entry.name}' (got {loaded.sha256[:12]}..., expected "
-            f"{entry.sha256[:12]}...); delete it and {_missing_hint(entry)}"
+            f"{entry.sha256[:12]}...); {_mismatch_hint(entry)}"
         )
     return dataclasses.replace(loaded, name=entry.name)
 

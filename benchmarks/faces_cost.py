@@ -1,4 +1,4 @@
-"""Cost of tracking several faces (issue 9): face + spot time per frame for one face vs two faces in the same frame size.
+"""Cost of tracking several faces: face + spot time per frame for one face vs two faces in the same frame size.
 
     python benchmarks/faces_cost.py [--seconds 6] [--repeats 3]
 
@@ -16,11 +16,11 @@ from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
+from synth import PlantedEvent, iter_frames
 
 from au_annotate.pipeline import process_video
 from au_annotate.records import VideoJob
 from au_annotate.settings import DEFAULTS
-from au_annotate.synth import PlantedEvent, iter_frames
 
 
 def _write(path: Path, frames: list[np.ndarray], fps: float) -> None:

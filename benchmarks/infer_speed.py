@@ -7,7 +7,7 @@ Columns: median and best windows per wall-clock second over the repeats, and win
 
     python benchmarks/infer_speed.py                       # CPU, batch sizes 1,32,256,1024
     python benchmarks/infer_speed.py --device cuda         # the GPU figure, where one is present
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/infer_speed.py --threads 2   # see the README note on busy machines
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/infer_speed.py --threads 2   # see docs/benchmarks.md on busy machines
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ the product's decode + face stage + spotter (au_annotate.pipeline.process_video)
 Deterministic: every video derives from fixed seeds. Videos are cached in --workdir (default: a temporary folder that is
 deleted at the end unless --workdir is given) and regenerated when their specification changes.
 
-Sets (all from skimage's public-domain astronaut photograph, see au_annotate/synth.py):
+Sets (all from skimage's public-domain astronaut photograph, see benchmarks/synth.py):
 - 30fps: 1280x720, 30 fps. Micro-expressions 0.2-0.5 s, 1-3 px at the 720p face; macro-expressions 1.5-3 s, 4-8 px;
   seven facial actions (brow raise/lower, lip-corner pull/depress, lip press, cheek raise, lid tighten).
 - 200fps: 640x480, 200 fps, the same events with amplitudes scaled to the smaller face (x 480/720).
@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from synth import PlantedEvent, SynthVideo, make_video, write_ground_truth_csv
 
 from au_annotate.decode import open_video
 from au_annotate.megc import evaluate, read_ground_truth, read_predictions
@@ -39,7 +40,6 @@ from au_annotate.pipeline import process_video
 from au_annotate.records import VideoJob, Window
 from au_annotate.settings import Settings
 from au_annotate.spot import SpotConfig
-from au_annotate.synth import PlantedEvent, SynthVideo, make_video, write_ground_truth_csv
 
 ACTIONS = ("brow_raise", "brow_lower", "lip_corner_pull", "lip_corner_depress", "lip_press", "cheek_raise",
            "lid_tighten")

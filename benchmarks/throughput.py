@@ -1,4 +1,4 @@
-"""Throughput benchmark (issue 6): is annotation as fast as decoding, flat in memory, linear in length, parallel?
+"""Throughput benchmark: is annotation as fast as decoding, flat in memory, linear in length, parallel?
 
 One command makes its inputs and prints one table:
 
@@ -21,7 +21,7 @@ Every measurement runs in a fresh subprocess (its peak RSS is its own `ru_maxrss
 - P3: wall time of the 120 s video / the 60 s video (target <= 2.1); also on CPU time (user + system of the run), which
   other users' load barely moves.
 - P4: wall time of `--jobs 1` / `--jobs 2` on four videos (speedup; 2 cores here).
-- Per-stage time per frame (decode wait, face, spot, flow from pipeline.StageTimes; model from the batch runner).
+- Per-stage time per frame (decode wait, face, spot, flow from each video's stage_s; model from the run's model_s).
 
 Medians with min..max over the repeats; ratios are medians of per-repeat ratios. "annotate" is the library call the CLI
 makes (`au_annotate.annotate`, csv + eaf outputs, progress hook off), timed from the call to its return: model and
@@ -57,7 +57,7 @@ FPS = 30.0
 
 def _render_loop(path: Path) -> None:
     """The 10 s 720p30 H.264 face clip every input is made of (deterministic)."""
-    from au_annotate.synth import PlantedEvent, make_video
+    from synth import PlantedEvent, make_video
 
     events = [PlantedEvent("brow_raise", 1.2, 1.4, 1.6, 4.0), PlantedEvent("lip_corner_pull", 3.3, 3.5, 3.75, 4.0),
               PlantedEvent("blink", 5.0, 5.1, 5.25, 4.0, kind="blink"),
@@ -124,34 +124,9 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
         return {"frames": n, "wall_s": wall, "cpu_s": time.process_time() - c0, "backend": backend,
                 "cv2_threads": cv2.getNumThreads()}
 
-    import au_annotate.engines.local as local
-    import au_annotate.infer as infer
     from au_annotate.api import annotate
     from au_annotate.settings import DEFAULTS
 
-    stages = {"decode": 0.0, "face": 0.0, "spot": 0.0, "flow": 0.0, "model": 0.0}
-    backends: set[str] = set()
-    run_video = local.run_video
-
-    def timed_run_video(job, settings, **kw):  # noqa: ANN001, ANN202 - same signature as pipeline.run_video
-        out = run_video(job, settings, **kw)
-        if hasattr(out, "times"):
-            for k, v in out.times.as_dict().items():
-                stages[k] = stages.get(k, 0.0) + v
-            backends.add(f"{out.info.backend}/{out.info.pixels}")
-        return out
-
-    predict = infer.BatchRunner.predict
-
-    def timed_predict(self, pictures):  # noqa: ANN001, ANN202
-        t = time.perf_counter()
-        try:
-            return predict(self, pictures)
-        finally:
-            stages["model"] += time.perf_counter() - t
-
-    local.run_video = timed_run_video  # in-process (--jobs 1): per-stage times of every video
-    infer.BatchRunner.predict = timed_predict
     weights = args.weights
     if weights is None:
         import torch
@@ -171,6 +146,11 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes (--jobs 2), reaped when the pool closed
     cpu = time.process_time() - c0 + (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
     frames = sum(r.frames for r in report.results)
+    stages = {"decode": 0.0, "face": 0.0, "spot": 0.0, "flow": 0.0, "model": report.model_s}
+    for r in report.results:  # per-stage times of every video (collected from the worker processes too)
+        for k, v in (r.stage_s or {}).items():
+            stages[k] += v
+    backends = {f"{r.info.backend}/{r.info.pixels}" for r in report.results if r.info is not None}
     failed = [r.error for r in report.results if r.status not in ("done", "no_face")]
     return {"frames": frames, "wall_s": wall, "cpu_s": cpu, "stages_s": stages if args.jobs == 1 else {},
             "segments": len(report.segments), "failed": failed, "backend": ",".join(sorted(backends)),

@@ -9,7 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from au_annotate.synth import PlantedEvent, make_video, write_ground_truth_csv
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # synth.py: dev tooling, not installed
+
+from synth import PlantedEvent, make_video, write_ground_truth_csv  # noqa: E402
 
 
 def main(out: str = "examples/demo") -> None:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SAMM_DIR = REPO.parent / "shared" / "datasets" / "samm-flow28"
 
 
 @pytest.fixture(scope="session")
 def planted_clips(tmp_path_factory: pytest.TempPathFactory):
     """A folder with two 5 s 30 fps clips with planted micro-movements, one text file and one corrupt .mp4."""
-    from au_annotate.synth import PlantedEvent, make_video
+    from synth import PlantedEvent, make_video
 
     root = tmp_path_factory.mktemp("videos")
     (root / "sub").mkdir()

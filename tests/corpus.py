@@ -1,7 +1,7 @@
 """Bad-input corpus for the robustness tests, made on the fly in a temporary folder (no binaries are committed).
 
 Every case is a small file (short clips, 320x240 where a face must still be found) built from the public-domain
-astronaut photograph (`au_annotate.synth`) or from OpenCV/ffmpeg. Cases that need the `ffmpeg` program (H.264 with
+astronaut photograph (`benchmarks/synth.py`) or from OpenCV/ffmpeg. Cases that need the `ffmpeg` program (H.264 with
 rotation metadata, variable frame rate, grayscale, audio-only, faststart truncation) are left out when it is missing;
 `Corpus.needs_ffmpeg` names them so tests can skip them cleanly.
 """
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from au_annotate.synth import PlantedEvent, iter_frames, make_video
+from synth import PlantedEvent, iter_frames, make_video
 
 SIZE = (320, 240)
 FPS = 30.0

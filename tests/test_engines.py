@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from au_annotate.api import annotate
@@ -85,6 +87,49 @@ def test_jobs2_output_equals_jobs1(planted_clips, weights, one_process, tmp_path
     assert hook.frames == done
     assert sorted(hook.started) == sorted(done)
     assert sorted(hook.ended) == sorted(r.job.rel.as_posix() for r in report.results)
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: float = 30.0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    return path
+
+
+def test_large_frame_outputs_do_not_depend_on_what_the_process_did_before(weights, tmp_path: Path) -> None:
+    """--jobs 1 (and each worker of --jobs N) runs videos one after another with one shared face detector: a video's
+    output must not depend on the videos before it. Frames over 640 px are where the detector adapts (its 1600-px
+    retry for small faces), so: a 4K wide shot with a small face after a faceless 1080p video, and alone."""
+    import shutil
+
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    face = cv2.resize(data.astronaut()[30:230, 150:300, ::-1], (90, 120), interpolation=cv2.INTER_AREA)
+    wide = []
+    for _ in range(20):  # the ~50x65 px face is below MTCNN's reach at 640 px: only the 1600-px retry finds it
+        img = np.full((2160, 3840, 3), 110, np.uint8)
+        img[1000:1120, 2000:2090] = np.clip(face + rng.normal(0, 1.5, face.shape), 0, 255).astype(np.uint8)
+        wide.append(img)
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    _write_video(both / "a" / "empty.mp4", [np.full((1080, 1920, 3), 90, np.uint8)] * 40)  # processed first
+    _write_video(both / "b" / "wide.mp4", wide)
+    (alone / "b").mkdir(parents=True)
+    shutil.copyfile(both / "b" / "wide.mp4", alone / "b" / "wide.mp4")
+
+    def run(root: Path) -> tuple[dict[str, tuple], dict[str, list[str]]]:
+        out = tmp_path / "out" / root.name
+        report = annotate([root], out, _settings(weights, jobs=1))
+        return ({r.job.rel.as_posix(): (r.status, r.frames, r.frames_with_face, r.faces) for r in report.results},
+                _csv_contents(out))
+
+    after_blank, by_itself = run(both), run(alone)
+    assert after_blank[0] == {"a/empty.mp4": ("no_face", 40, 0, 0), "b/wide.mp4": ("done", 20, 20, 1)}
+    assert by_itself[0] == {"b/wide.mp4": ("done", 20, 20, 1)}  # the face found on every frame, in both runs
+    assert after_blank[1]["b/wide.segments.csv"] == by_itself[1]["b/wide.segments.csv"]
 
 
 # -- Ray ---------------------------------------------------------------------------------------------------------------

@@ -7,11 +7,11 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 import pytest
+from synth import PlantedEvent, iter_frames
 
 from au_annotate.pipeline import process_video
 from au_annotate.records import VideoJob
 from au_annotate.settings import DEFAULTS
-from au_annotate.synth import PlantedEvent, iter_frames
 
 
 def _write(path: Path, frames, fps: float = 30.0) -> None:
@@ -89,3 +89,43 @@ def test_detector_sees_the_same_face_in_gray_as_in_colour() -> None:
     a, b = colour[0], gray[0]
     assert max(abs(a.x - b.x), abs(a.y - b.y), abs(a.w - b.w), abs(a.h - b.h)) <= 2
     assert np.abs(a.landmarks - b.landmarks).max() <= 2.5 and b.confidence > 0.9
+
+
+def _small_face_frame() -> np.ndarray:
+    """A 2560x1440 wide shot with a ~45x55 px face: missed at MTCNN's 640-px pass, found by the 1600-px retry."""
+    from skimage import data
+
+    frame = np.full((1440, 2560, 3), 110, np.uint8)
+    frame[670:770, 1280:1355] = cv2.resize(data.astronaut()[30:230, 150:300], (75, 100), interpolation=cv2.INTER_AREA)
+    return frame
+
+
+def test_a_shared_detector_gives_each_video_the_result_of_a_fresh_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers share one detector across videos (its nets load once), so its retry memory must be per video: after
+    another video's 1080p frames without a face, a small face in a large frame is still found on its first frame, and
+    after a video that needed the large pass the next one does not pay for it on every miss."""
+    from au_annotate.face import DETECT_RETRY_MAX_SIDE, FaceDetector, FaceTracker
+    from au_annotate.records import Frame
+
+    large_passes = []
+    plain = FaceDetector._detect_at  # noqa: SLF001
+
+    def counting(self: FaceDetector, image: np.ndarray, max_side: int, order: str = "rgb") -> list:
+        large_passes.append(max_side == DETECT_RETRY_MAX_SIDE)
+        return plain(self, image, max_side, order)
+
+    monkeypatch.setattr(FaceDetector, "_detect_at", counting)
+
+    def video(frames: list[np.ndarray], detector: FaceDetector) -> tuple[list[int], int]:
+        """Faces per frame and large passes, one tracker per video as the pipeline makes them."""
+        large_passes.clear()
+        tracker = FaceTracker(30.0, detector=detector)
+        return [len(tracker.process_all(Frame(i, i / 30, img))) for i, img in enumerate(frames)], sum(large_passes)
+
+    small, blank = [_small_face_frame()] * 3, [np.full((1080, 1920, 3), 90, np.uint8)] * 40
+    fresh_small, fresh_blank = video(small, FaceDetector()), video(blank, FaceDetector())
+    assert fresh_small == ([1, 1, 1], 1) and fresh_blank == ([0] * 40, 1)  # blank: 3 misses, one large pass
+    shared = FaceDetector()
+    assert video(blank, shared) == fresh_blank
+    assert video(small, shared) == fresh_small  # found at once, although the detector missed 3 times before
+    assert video(blank, shared) == fresh_blank  # and the small face seen before does not make this video costlier

@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from au_annotate.decode import prefetch
-from au_annotate.pipeline import CropBuffer
+from au_annotate.pipeline import CropBuffer, FaceState
 from au_annotate.records import AlignedFace, Frame
 
 
@@ -124,8 +124,9 @@ def _state_size(obj: object) -> tuple[int, int]:
 
 def test_spotter_state_does_not_grow_over_12k_frames() -> None:
     """A spotter fed ~7 minutes of 30 fps face crops with a micro and a macro movement every 4 s keeps a bounded state."""
+    from synth import PlantedEvent, crop_aligned, iter_frames
+
     from au_annotate.spot import make_spotter
-    from au_annotate.synth import PlantedEvent, crop_aligned, iter_frames
 
     events = [PlantedEvent("brow_raise", 1.0, 1.15, 1.35, 2.0),
               PlantedEvent("lip_corner_pull", 2.0, 2.6, 3.2, 2.0, kind="macro")]
@@ -154,7 +155,7 @@ def test_crop_buffer_capacity_follows_spotter_latency() -> None:
     from au_annotate.spot import make_spotter
 
     spotter = make_spotter("roi-flow", 30.0)
-    buf = CropBuffer(spotter.max_latency_frames + 2)  # as pipeline.process_video does
+    buf = FaceState.for_spotter(spotter).buffer  # what the pipeline gives each face
     newest = 5000
     for i in range(newest + 1):
         buf.add(_face(i, side=2))
@@ -175,13 +176,13 @@ def test_pipeline_threads_stop_when_a_stage_fails(tmp_path, monkeypatch) -> None
 
     import cv2
     import pytest
+    from synth import make_video
 
     from au_annotate.face import FaceTracker
     from au_annotate.pipeline import process_video
     from au_annotate.records import VideoJob
     from au_annotate.settings import DEFAULTS
     from au_annotate.spot import RoiFlowSpotter
-    from au_annotate.synth import make_video
 
     clip = make_video(tmp_path / "v.mp4", fps=30, duration_s=2.0, size=(320, 240), seed=3).path
     job = VideoJob(path=clip, rel=PurePosixPath("v.mp4"), out_dir=tmp_path)
@@ -266,6 +267,7 @@ def test_a_hung_decoder_fails_its_video_after_the_stall_timeout(tmp_path, monkey
     from pathlib import PurePosixPath
 
     import pytest
+    from synth import make_video
 
     import au_annotate.decode as decode
     import au_annotate.pipeline as pipeline
@@ -273,7 +275,6 @@ def test_a_hung_decoder_fails_its_video_after_the_stall_timeout(tmp_path, monkey
     from au_annotate.pipeline import run_video
     from au_annotate.records import VideoJob
     from au_annotate.settings import DEFAULTS
-    from au_annotate.synth import make_video
 
     clip = make_video(tmp_path / "v.mp4", fps=30, duration_s=1.0, size=(320, 240), seed=4).path
     job = VideoJob(path=clip, rel=PurePosixPath("v.mp4"), out_dir=tmp_path)
@@ -318,13 +319,13 @@ def test_a_video_whose_opening_hangs_fails_after_the_stall_timeout(tmp_path, mon
 
     import cv2
     import pytest
+    from synth import make_video
 
     import au_annotate.decode as decode
     import au_annotate.pipeline as pipeline
     from au_annotate.decode import DecodeError
     from au_annotate.records import VideoJob
     from au_annotate.settings import DEFAULTS
-    from au_annotate.synth import make_video
 
     clip = make_video(tmp_path / "v.mp4", fps=30, duration_s=0.5, size=(160, 120), seed=6).path
     job = VideoJob(path=clip, rel=PurePosixPath("v.mp4"), out_dir=tmp_path)
@@ -407,10 +408,11 @@ def test_an_infinite_stall_timeout_means_no_limit(tmp_path) -> None:  # noqa: AN
     """stall_timeout_s = inf (valid TOML) switches the timeout off instead of failing every video."""
     from pathlib import PurePosixPath
 
+    from synth import make_video
+
     from au_annotate.pipeline import process_video
     from au_annotate.records import VideoJob
     from au_annotate.settings import DEFAULTS
-    from au_annotate.synth import make_video
 
     clip = make_video(tmp_path / "v.mp4", fps=30, duration_s=0.5, size=(160, 120), seed=7).path
     job = VideoJob(path=clip, rel=PurePosixPath("v.mp4"), out_dir=tmp_path)
@@ -422,9 +424,9 @@ def test_closing_never_releases_the_decoder_under_a_reading_thread(tmp_path, mon
     capture is left alone (releasing it under the reading thread could crash the process) and close returns."""
     import cv2
     import pytest
+    from synth import make_video
 
     import au_annotate.decode as decode
-    from au_annotate.synth import make_video
 
     clip = make_video(tmp_path / "v.mp4", fps=30, duration_s=0.5, size=(160, 120), seed=5).path
     monkeypatch.setattr(decode, "JOIN_TIMEOUT_S", 0.3)

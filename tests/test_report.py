@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
 import shutil
 import subprocess
@@ -10,10 +12,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from au_annotate.records import RunReport, Segment, VideoInfo, VideoJob, VideoResult
+from au_annotate.records import RunReport, Segment, VideoInfo, VideoJob, VideoResult, Window
 from au_annotate.writers import WriteContext
-from au_annotate.writers.report import render_report, write_report
+from au_annotate.writers.report import FONT_PT, _heatmap, _timeline, render_report, timeline_layout, write_report
 
 AU_NAMES = ("AU04", "AU07", "AU12")
 CTX = WriteContext(tool_version="1.2.3", model_name="htnet-test", model_sha256="cd" * 32, settings={"report": True})
@@ -152,20 +155,117 @@ def test_bars_keep_every_present_au_and_cap_the_rest() -> None:
 
 
 def test_bad_signal_gives_plot_error_not_a_crash(run: RunReport, tmp_path: Path) -> None:
-    rel = run.results[0].job.rel.as_posix()
-    page = write_report(run, tmp_path / "r.html", CTX, signals={rel: np.zeros((10, 3))}).read_text(encoding="utf-8")
+    bad = dataclasses.replace(run.results[0], signal=np.zeros((10, 4)))
+    run = dataclasses.replace(run, results=(bad, *run.results[1:]))
+    page = write_report(run, tmp_path / "r.html", CTX).read_text(encoding="utf-8")
     errors = [a for t, a in _tags(page) if "plot-error" in _classes(a)]
     assert len(errors) == 1
-    assert "signal must be an (N, 2) array" in page
+    assert "signal must be an (N, 2) or (N, 3) array" in page
     assert len([a for t, a in _tags(page) if t == "tr" and "segment" in _classes(a)]) == 8
 
 
-def test_signals_mapping_overrides_result_signal(run: RunReport) -> None:
-    rel = run.results[4].job.rel.as_posix()  # c.mp4 has no signal of its own
-    without = render_report(run, CTX)
-    with_sig = render_report(run, CTX, signals={rel: np.stack([np.arange(600), np.cos(np.arange(600))], 1)})
-    img = r'alt="spotting timeline of c.mp4" src="([^"]+)"'
-    assert re.search(img, without).group(1) != re.search(img, with_sig).group(1)
+def test_no_signals_parameter() -> None:
+    """Signals come from each VideoResult; the old `signals` mapping parameter is gone."""
+    for fn in (render_report, write_report):
+        assert "signals" not in inspect.signature(fn).parameters
+
+
+def _video(tmp: Path, rel: str, seconds: float, fps: float = 30.0, blinks: int = 1) -> VideoResult:
+    """A done video of `seconds` with micro and macro segments, an (N, 3) signal (macro sampled every 6th frame, NaN
+    elsewhere, like the 5 Hz macro detector at 30 fps) and `blinks` unreported blink windows."""
+    job = VideoJob(path=tmp / rel, rel=PurePosixPath(rel), out_dir=tmp / "out")
+    n = int(round(seconds * fps))
+    info = VideoInfo(path=job.path, backend="test", width=1280, height=720, fps=fps, n_frames=n, duration_s=seconds)
+    t = np.arange(n, dtype=np.float32)
+    macro = np.full(n, np.nan, np.float32)
+    macro[::6] = 2 + np.cos(t[::6] / 40)
+    sig = np.stack([t, 0.5 + 0.4 * np.abs(np.sin(t / 9)), macro], axis=1).astype(np.float32)
+    step = max(30, n // 8)
+    segs = tuple(_segment(rel, i, onset, "macro" if i % 3 == 2 else "micro")
+                 for i, onset in enumerate(range(15, n - 20, step)))  # fmt: skip
+    hidden = tuple(Window(o, o + 3, o + 7, 3.0, "blink") for o in range(60, n - 10, max(60, n // max(blinks, 1))))
+    return VideoResult(job=job, status="done", info=info, segments=segs, frames=n, frames_with_face=n, faces=1,
+                       elapsed_s=1.0, signal=sig, unreported=hidden[:blinks])  # fmt: skip
+
+
+def _texts(fig) -> list[str]:  # noqa: ANN001 - a matplotlib Figure
+    return [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+
+
+def test_timeline_draws_the_macro_signal_with_nans_skipped(tmp_path: Path) -> None:
+    res = _video(tmp_path, "v.mp4", 8.0)
+    fig = _timeline(res)
+    lines = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() == "macro signal"]
+    assert len(lines) == 1
+    x = np.asarray(lines[0].get_xdata(), float)
+    y = np.asarray(lines[0].get_ydata(), float)
+    frames = np.arange(0, 240, 6)
+    np.testing.assert_allclose(x, frames / 30.0, rtol=1e-6)  # only the frames the macro detector sampled, no NaN
+    np.testing.assert_allclose(y, res.signal[frames, 2], rtol=1e-6)
+    micro = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() == "micro signal"]
+    assert len(micro) == 1 and len(micro[0].get_xdata()) == 240
+    assert {"micro signal", "macro signal", "micro window", "macro window"} <= set(_texts(fig))
+
+
+def test_timeline_accepts_the_older_two_column_signal(run: RunReport) -> None:
+    fig = _timeline(run.results[0])  # (N, 2): frame index, micro signal
+    labels = [ln.get_label() for ax in fig.axes for ln in ax.get_lines()]
+    assert labels == ["micro signal"] and "macro signal" not in _texts(fig)
+
+
+def test_timeline_labels_unreported_blinks(tmp_path: Path) -> None:
+    res = _video(tmp_path, "v.mp4", 8.0)
+    (blink,) = res.unreported
+    fig = _timeline(res)
+    bands = [c for ax in fig.axes for c in ax.collections if c.get_label() == "blink (not reported)"]
+    assert len(bands) == 1 and bands[0].get_hatch()
+    (x0, _), (x1, _) = bands[0].get_paths()[0].get_extents().get_points()
+    assert (x0, x1) == pytest.approx((blink.onset / 30, (blink.offset + 1) / 30))
+    assert "blink (not reported)" in _texts(fig)
+    page = render_report(RunReport(results=(res,), out_dir=tmp_path), CTX)
+    assert "not in the outputs (grey hatched on the timeline): 1 blink" in page
+    plain = _timeline(dataclasses.replace(res, unreported=()))
+    assert "blink (not reported)" not in _texts(plain)
+
+
+@pytest.mark.parametrize(("seconds", "rows", "width"), [(8, 1, 480 + 24 * 8), (30, 1, 1200), (60, 2, 1200),
+                                                         (600, 20, 1200), (1800, 20, 1200)])  # fmt: skip
+def test_timeline_layout_scales_and_splits_into_rows(seconds: float, rows: int, width: int) -> None:
+    row_len, n, px = timeline_layout(seconds)
+    assert (n, px) == (rows, width)
+    assert row_len * n >= seconds
+    if n > 1:
+        assert row_len == (30 if seconds <= 600 else 90)
+
+
+def test_ten_minute_timeline_has_rows_and_the_page_says_so(tmp_path: Path) -> None:
+    short, long = _video(tmp_path, "short.mp4", 8.0), _video(tmp_path, "long.mp4", 600.0, blinks=12)
+    fig = _timeline(long)
+    row_axes = [a for a in fig.axes if a.get_label().startswith("timeline row")]
+    assert len(row_axes) == 20
+    assert [a.get_xlim() for a in row_axes[:2]] == [(0, 30), (30, 60)]
+    assert row_axes[-1].get_xlim() == (570, 600)
+    page = render_report(RunReport(results=(short, long), out_dir=tmp_path), CTX)
+    shown = {a["alt"]: a for t, a in _tags(page) if t == "img" and "timeline" in _classes(a)}
+    assert (shown["spotting timeline of short.mp4"]["data-rows"], shown["spotting timeline of short.mp4"]["width"]) == (
+        "1",
+        str(480 + 24 * 8),
+    )
+    assert (shown["spotting timeline of long.mp4"]["data-rows"], shown["spotting timeline of long.mp4"]["width"]) == (
+        "20",
+        "1200",
+    )
+    assert int(shown["spotting timeline of long.mp4"]["height"]) == 80 + 20 * 130
+
+
+def test_plot_text_is_readable(tmp_path: Path) -> None:
+    from matplotlib.text import Text
+
+    res = _video(tmp_path, "v.mp4", 20.0)
+    for fig in (_timeline(res), _heatmap(res.segments)):
+        FigureCanvasAgg(fig).draw()
+        sizes = {t.get_text(): t.get_fontsize() for t in fig.findobj(Text) if t.get_text() and t.get_visible()}
+        assert sizes and min(sizes.values()) >= FONT_PT >= 10, sizes
 
 
 def test_empty_run(tmp_path: Path) -> None:
@@ -194,3 +294,23 @@ def test_report_in_headless_chromium(run: RunReport, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"
     proc = _chromium(["--window-size=1280,2000", f"--screenshot={shot}", path.as_uri()], tmp_path)
     assert proc.returncode == 0 and shot.stat().st_size > 10_000  # the page renders (no pixel assertions)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_timelines_in_headless_chromium(tmp_path: Path) -> None:
+    """An 8 s and a 10 min video: one row at a width that follows the length, and 20 stacked rows at the page width;
+    both shown 1:1 (not shrunk by the browser, so the text keeps its size)."""
+    rep = RunReport(results=(_video(tmp_path, "short.mp4", 8.0), _video(tmp_path, "long.mp4", 600.0, blinks=12)),
+                    out_dir=tmp_path / "out")  # fmt: skip
+    path = write_report(rep, tmp_path / "out" / "report.html", CTX)
+    proc = _chromium(["--window-size=1280,2000", "--virtual-time-budget=5000", "--dump-dom", path.as_uri()], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tags = _tags(proc.stdout)
+    assert next(a for t, a in tags if t == "body").get("data-ready") == "1"
+    shown = {a["alt"]: a for t, a in tags if t == "img" and "timeline" in _classes(a)}
+    short, long = shown["spotting timeline of short.mp4"], shown["spotting timeline of long.mp4"]
+    assert (short["data-rows"], short["data-natural-width"], short["data-shown-width"]) == ("1", "672", "672")
+    assert (long["data-rows"], long["data-natural-width"], long["data-shown-width"]) == ("20", "1200", "1200")
+    shot = tmp_path / "timelines.png"
+    proc = _chromium(["--window-size=1280,4200", f"--screenshot={shot}", path.as_uri()], tmp_path)
+    assert proc.returncode == 0 and shot.stat().st_size > 10_000

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from synth import PlantedEvent, make_video
 
 from au_annotate.cli import main
-from au_annotate.synth import PlantedEvent, make_video
 from tests.corpus import local_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

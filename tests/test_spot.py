@@ -3,13 +3,15 @@ and head motion, keeps its latency promise, and keeps bounded state over long st
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from synth import PlantedEvent, crop_aligned, iter_frames
 
-from au_annotate.megc import Interval, evaluate
-from au_annotate.records import AlignedFace, Window
+from au_annotate.megc import Interval, evaluate, iou
+from au_annotate.records import Window
 from au_annotate.spot import RoiFlowSpotter, SpotConfig, SpotError, make_spotter
-from au_annotate.synth import PlantedEvent, crop_aligned, iter_frames
 
 pytest.importorskip("skimage")
 
@@ -17,10 +19,11 @@ SIZE = (320, 240)  # small frames keep rendering cheap; the aligned crop is 224 
 
 
 def run(fps: float, duration_s: float, events: list[PlantedEvent], gaps: tuple[tuple[int, int], ...] = (),
-        config: dict | None = None, **synth) -> tuple[list[Window], RoiFlowSpotter, list[tuple[int, float]]]:
-    """Feed aligned crops of a synthetic clip to a spotter; checks the latency promise on every emitted window."""
-    signal: list[tuple[int, float]] = []
-    sp = make_spotter("roi-flow", fps, config, on_signal=lambda i, v: signal.append((i, v)))
+        config: dict | None = None, **synth) -> tuple[list[Window], RoiFlowSpotter, list[tuple[str, int, float]]]:
+    """Feed aligned crops of a synthetic clip to a spotter; checks the latency promise on every emitted window.
+    Returns the windows, the spotter and what its on_signal hook got: (detector, frame, value) samples."""
+    signal: list[tuple[str, int, float]] = []
+    sp = make_spotter("roi-flow", fps, config, on_signal=lambda d, i, v: signal.append((d, i, v)))
     assert isinstance(sp, RoiFlowSpotter)
     out: list[Window] = []
     last = -1
@@ -54,10 +57,10 @@ def test_planted_micro_expressions_are_found_at_30_and_200_fps(fps: float) -> No
     windows, sp, signal = run(fps, 3.8, MICRO, noise_sigma=2.0, seed=fps == 200)
     tp, fp, fn = micro_f1(windows, MICRO, fps)
     assert (tp, fp, fn) == (3, 0, 0), windows
-    # the signal hook saw frames in order, and is high at the planted apexes
-    idx = [i for i, _ in signal]
+    # the micro signal saw frames in order, and is high at the planted apexes
+    idx = [i for d, i, _ in signal if d == "micro"]
     assert idx == sorted(idx) and len(idx) > 0.3 * 3.8 * min(fps, 100)
-    sig = dict(signal)
+    sig = {i: v for d, i, v in signal if d == "micro"}
     for e in MICRO:
         near = [v for i, v in sig.items() if abs(i - e.apex_s * fps) <= 0.05 * fps + 1]
         assert max(near) >= 1.0
@@ -93,45 +96,110 @@ def test_face_gaps_are_tolerated() -> None:
     assert micro_f1(windows, events, 30.0) == (1, 0, 0)
 
 
-def test_state_stays_bounded_over_a_long_stream() -> None:
-    """20,000 frames of a textured 96-px face with noise and occasional bumps: buffer sizes do not grow."""
-    fps = 200.0
-    rng = np.random.default_rng(0)
-    base = (rng.random((24, 24)) * 200 + 20).astype(np.float32)
-    import cv2
+def test_window_durations_follow_the_timestamps_not_their_rounding() -> None:
+    """A window's duration in nominal frames: the frame count where the timestamps agree with it (also when they are
+    rounded to whole ms, as WebM stores them: 15 frames at 30 fps stay 15, not 15.03, so not macro), the real time
+    where the frame rate varies."""
+    sp = RoiFlowSpotter(30.0)
+    for i in range(100):
+        sp.times.put(i, round(i / 30, 3))  # 0.033, 0.067, 0.1, ...
+    assert [sp._nominal_frames(o, o + sp.max_micro - 1) for o in range(10)] == [15.0] * 10  # noqa: SLF001
+    for i in range(100):
+        sp.times.put(i, i / 60)  # twice the nominal rate: 15 frames last 0.25 s
+    assert sp._nominal_frames(10, 24) == pytest.approx(7.5)  # noqa: SLF001
 
-    base = cv2.resize(base, (96, 96), interpolation=cv2.INTER_CUBIC)
-    lm = np.array([[30, 38], [66, 38], [48, 56], [34, 72], [62, 72]], np.float32)
+
+def test_signal_hook_reports_every_sample_of_both_detectors() -> None:
+    """on_signal(detector, frame, value): every decided sample of the micro and of the macro detector, the warm-up
+    backlog included, each the value its detector's threshold (1.0) is applied to, so a window's score is its
+    detector's signal at its apex (what a report plots behind a micro or a macro band)."""
+    events = [PlantedEvent("lip_corner_pull", 2.0, 2.6, 3.2, 2.0, kind="macro"),
+              PlantedEvent("brow_raise", 4.2, 4.35, 4.55, 2.0)]
+    windows, sp, signal = run(30.0, 5.2, events, noise_sigma=2.0, seed=3)
+    by: dict[str, dict[int, float]] = {"micro": {}, "macro": {}}
+    for detector, index, value in signal:
+        assert index not in by[detector]  # each sample once
+        by[detector][index] = value
+    stride = {d.name: d.stride for d in sp.detectors}
+    assert stride == {"micro": 1, "macro": 6}  # 30 fps: micro on every frame, macro at 5 Hz
+    for name, samples in by.items():
+        assert list(samples) == list(range(0, max(samples) + 1, stride[name])), name  # none lost, in order
+    assert {w.kind for w in windows} == {"micro", "macro"}, windows
+    for w in windows:
+        assert w.score == round(by["macro" if w.kind == "macro" else "micro"][w.apex], 4) > 1.0, w
+
+
+def test_variable_frame_rate_windows_follow_the_timestamps() -> None:
+    """A variable-frame-rate video: nominal 30 fps, but from 1.2 to 2.8 s the frames come at 60 per second (their pts
+    advance by half the nominal interval). A 0.4 s micro-expression there spans ~20 frames, more than the 15 frames of
+    0.5 s at the nominal rate: its kind must follow the timestamps (micro), and the k-back flow must still span k_s
+    seconds, so the movement scores as it does in the same video at a constant 30 fps."""
+    import dataclasses
+
+    event = PlantedEvent("brow_raise", 1.7, 1.88, 2.1, 1.5)
+    frames = list(iter_frames(fps=60.0, duration_s=4.0, size=SIZE, events=[event], noise_sigma=2.0, seed=6))
+    constant = [f for f in frames if f.index % 2 == 0]
+    variable = [f for f in frames if f.index % 2 == 0 or 1.2 <= f.pts_s < 2.8]
+
+    def spot(stream: list) -> tuple[list[Window], list[float]]:  # noqa: ANN001
+        sp = RoiFlowSpotter(30.0)
+        out: list[Window] = []
+        for i, f in enumerate(stream):  # the stream's own frame numbers, the real timestamps
+            for w in sp.process_frame(i, f.pts_s, dataclasses.replace(crop_aligned(f, quantum=2.0), index=i)):
+                assert i - w.onset <= sp.max_latency_frames
+                out.append(w)
+        out += sp.flush()
+        return [w for w in out if w.quality == "ok"], [f.pts_s for f in stream]  # what the outputs report
+
+    (cfr, _), (vfr, pts) = spot(constant), spot(variable)
+    onset, offset = (min(range(len(pts)), key=lambda i, t=t: abs(pts[i] - t)) for t in (event.onset_s, event.offset_s))
+    assert offset - onset + 1 > RoiFlowSpotter(30.0).max_micro  # longer than a micro-expression in nominal frames
+    assert [w.kind for w in cfr] == [w.kind for w in vfr] == ["micro"], (cfr, vfr)
+    [c], [v] = cfr, vfr
+    assert evaluate([Interval("v", onset, offset, "micro")], [Interval("v", v.onset, v.offset, v.kind)]).overall.tp == 1
+    assert abs(pts[v.apex] - event.apex_s) <= 0.05
+    assert 0.75 < v.score / c.score < 1.33, (v.score, c.score)  # k frames back would be 0.1 s here: half the score
+
+
+def test_state_stays_bounded_over_a_long_stream() -> None:
+    """20,000 frames at 200 fps (100 s) of a synthetic face with a micro-expression every 2 s: every one is emitted,
+    and the buffer sizes do not grow. One 2 s cycle is rendered and repeated (still face, so the seam is only noise)."""
+    import dataclasses
+
+    fps, period = 200.0, 400
+    event = PlantedEvent("brow_raise", 0.8, 0.92, 1.1, 2.0)
+    cycle = [crop_aligned(f) for f in iter_frames(fps=fps, duration_s=period / fps, size=SIZE, events=[event],
+                                                  noise_sigma=2.0, seed=7)]
     sp = RoiFlowSpotter(fps, {"flow_size": 64})
 
     def sizes() -> tuple[int, ...]:
-        s = [sp.crops.size, len(sp._emitted), len(sp._roi_cache)]
+        s = [sp.crops.size, sp.times.size, len(sp._emitted), len(sp._roi_cache)]
         for d in sp.detectors:
-            s += [d.vec.size, d.smooth.size, len(d.history.buf), len(d.pending), len(d.candidates)]
+            s += [d.vec.size, d.smooth.size, d.times.size, len(d.history.buf), len(d.pending), len(d.candidates)]
         return tuple(s)
 
-    bank = []
-    for j in range(64):  # noisy frames, some with a local bump, cycled through the stream
-        img = base.copy()
-        if j % 16 < 3:
-            img[20:40, 20:45] = np.roll(base, 2, axis=0)[20:40, 20:45]
-        bank.append(np.clip(img + rng.normal(0, 2.0, img.shape), 0, 255).astype(np.uint8))
     snapshots = {}
-    emitted = 0
+    windows: list[Window] = []
     for i in range(20_000):
-        face = AlignedFace(i, i / fps, "f", bank[i % 64], lm, (0, 0, 96, 96), 1.0)
-        emitted += len(sp.process_frame(i, i / fps, face))
+        face = dataclasses.replace(cycle[i % period], index=i, pts_s=i / fps)
+        for w in sp.process_frame(i, i / fps, face):
+            assert i - w.onset <= sp.max_latency_frames
+            windows.append(w)
         if i in (5_000, 19_999):
             snapshots[i] = sizes()
-    emitted += len(sp.flush())
+    windows += sp.flush()
     a, b = snapshots[5_000], snapshots[19_999]
     assert a[0] == b[0] and all(x <= max(y, 64) for x, y in zip(b, a, strict=True)), (a, b)
     assert len(sp._emitted) < 50
-    assert emitted >= 0
+    n = 20_000 // period
+    gt = [Interval("v", round((event.onset_s + 2 * j) * fps), round((event.offset_s + 2 * j) * fps), "micro")
+          for j in range(n)]
+    score = evaluate(gt, [Interval("v", w.onset, w.offset, w.kind) for w in windows]).by_kind["micro"]
+    assert (score.tp, score.fp) == (n, 0), (score, windows[:5])
 
 
 def test_config_errors() -> None:
-    with pytest.raises(SpotError, match="unknown spotting option"):
+    with pytest.raises(SpotError, match=r"unknown spotting option\(s\): k \(known: .*\bk_s\b"):  # errors.check_keys
         SpotConfig.from_any({"k": 3})
     with pytest.raises(SpotError, match="unknown spotter"):
         make_spotter("nope", 30.0)
@@ -139,6 +207,21 @@ def test_config_errors() -> None:
         RoiFlowSpotter(0.0)
     with pytest.raises(SpotError, match="blinks"):
         SpotConfig.from_any({"blinks": "maybe"})
+
+
+def test_micro_and_macro_overlap_uses_the_megc_iou() -> None:
+    """One IoU for spotting and scoring: a macro window over a reported micro one is dropped at MEGC IoU >= 0.3 with
+    inclusive frame counts (10 of 33 frames: 0.303; counted exclusively it would be 9/32 = 0.28 and kept)."""
+    import au_annotate.spot as spot
+    from au_annotate import megc
+    from au_annotate.spot import _Candidate
+
+    assert spot.iou is megc.iou and not hasattr(spot, "_iou")
+    sp = RoiFlowSpotter(30.0)
+    sp._emitted = [Window(onset=10, apex=14, offset=19, score=2.0, kind="micro")]  # noqa: SLF001
+    macro = _Candidate(apex=20, value=2.0, scores=np.zeros(12), vectors=np.zeros((12, 2)), radius=0, detector="macro")
+    assert not sp._keep(Window(onset=10, apex=20, offset=42, score=2.0, kind="macro"), macro)  # noqa: SLF001
+    assert sp._keep(Window(onset=11, apex=20, offset=43, score=2.0, kind="macro"), macro)  # noqa: SLF001 - 9/34
 
 
 def test_a_movement_next_to_a_blink_is_not_swallowed_by_it() -> None:
@@ -149,31 +232,78 @@ def test_a_movement_next_to_a_blink_is_not_swallowed_by_it() -> None:
 
 
 def test_region_motion_is_the_mean_of_each_regions_strongest_residuals() -> None:
-    """The vectorised region statistic equals a plain per-region loop: affine head motion removed, then the mean of the
-    `top_fraction` strongest residual vectors of that region's own pixels. The flow moves only in one corner of the
-    crop (background), where the padding of the smaller regions' table points: padding must never be counted."""
-    from au_annotate.spot import REF_SIZE, _fit_affine
+    """The vectorised region statistic against a plain reference written from the spec alone (no spotter internals):
+    each region of the ROIS table placed from the landmarks (centre anchor + offset x inter-ocular distance, half-size
+    max(2 px, size x iod), clipped to the crop), the known head motion removed, then the mean of the region's
+    `top_fraction` strongest residual vectors. The flow: an affine head motion, noise, a brow moving up, a ramp of
+    motion over the mouth (so the mean depends on how many vectors are averaged), and fast background motion in the
+    top-left corner, where the padding of the smaller regions' pixel table points: padding must never be counted."""
+    import math
+
+    from au_annotate.spot import REF_SIZE, ROIS
 
     n = 128
     sp = RoiFlowSpotter(30.0, {"flow_size": n})
     rng = np.random.default_rng(0)
-    flow = (rng.normal(0, 0.05, (n, n, 2))).astype(np.float32)
-    flow[:30, :30] += np.float32([3.0, -2.0])  # background motion in the top-left corner
-    flow[40:52, 40:60, 1] -= 1.5  # a brow moving up
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    head = np.stack([0.4 + 0.01 * xx - 0.004 * yy, -0.3 + 0.003 * xx + 0.008 * yy], axis=-1)  # affine head motion
+    local = np.zeros((n, n, 2), np.float32)
+    local[:30, :30] += np.float32([3.0, -2.0])  # background motion in the top-left corner
+    local[40:52, 40:60, 1] -= 1.5  # a brow moving up
+    local[90:106, 44:84, 0] += 0.6 + 0.04 * (xx[90:106, 44:84] - 44) + 0.011 * (yy[90:106, 44:84] - 90)  # a ramp
+    flow = (head + local + rng.normal(0, 0.02, (n, n, 2))).astype(np.float32)
     sp._dis = type("FixedFlow", (), {"calc": lambda self, a, b, out: flow})()  # noqa: SLF001
     lm = np.array([[45.0, 62.0], [83.0, 62.0], [64.0, 80.0], [50.0, 98.0], [78.0, 98.0]])
     img = np.zeros((n, n), np.uint8)
     got = sp._region_motion(img, img, lm)  # noqa: SLF001
 
-    geo = sp._rois(lm)  # noqa: SLF001
-    coef = _fit_affine(flow[geo.face].reshape(-1, 2), geo.design).astype(np.float32)
+    residual = flow - head  # the true head motion removed (the spotter must find it with its robust fit)
+    iod = math.dist(lm[0], lm[1])
     want = []
-    for r in range(len(geo.tops)):
-        idx = geo.flat[r][geo.valid[r]]
-        ys, xs = np.divmod(idx, n)
-        v = flow[ys, xs] - np.stack([np.ones_like(xs), xs, ys], 1).astype(np.float32) @ coef
-        top = np.argsort(-(v ** 2).sum(1), kind="stable")[: geo.tops[r]]
-        want.append(v[top].mean(0))
-    want = np.asarray(want) * np.float32(REF_SIZE / n)
-    assert geo.valid.sum(1).min() < geo.valid.shape[1]  # some regions are padded
-    assert np.allclose(got, want, atol=1e-4), np.abs(got - want).max()
+    for _name, anchor, (ox, oy), (hx, hy) in ROIS:
+        base = (lm[3] + lm[4]) / 2 if anchor == "mc" else lm[anchor]
+        cx, cy, rx, ry = base[0] + ox * iod, base[1] + oy * iod, max(2.0, hx * iod), max(2.0, hy * iod)
+        x0, y0 = min(max(math.floor(cx - rx), 0), n - 2), min(max(math.floor(cy - ry), 0), n - 2)
+        x1, y1 = max(min(math.floor(cx + rx) + 1, n), x0 + 2), max(min(math.floor(cy + ry) + 1, n), y0 + 2)
+        vectors = [residual[y, x] for y in range(y0, y1) for x in range(x0, x1)]
+        vectors.sort(key=lambda v: -float(v[0] ** 2 + v[1] ** 2))
+        top = vectors[: max(1, int(len(vectors) * sp.config.top_fraction))]
+        want.append(np.mean(top, axis=0))
+    want = np.asarray(want) * (REF_SIZE / n)
+    assert np.abs(want).max() > 2.0  # the brow (1.5 px at 128 px is 2.6 px at 224)
+    # the spotter fits the head motion (robustly, from noisy flow): it recovers it to ~0.01 px, not exactly
+    assert np.allclose(got, want, atol=0.03), np.abs(got - want).max()
+
+
+CASME = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "casme2-frames"
+
+
+@pytest.mark.skipif(not (CASME / "labels.csv").is_file(), reason="CASME II frames not present (../shared/datasets)")
+@pytest.mark.parametrize("clip", ["EP02_01f", "EP19_05f"])
+def test_real_casme2_micro_expressions_are_spotted(clip: str) -> None:
+    """Two real CASME II micro-expressions (200 fps, onset..offset only), padded with 1 s of still context (the first
+    and the last frame repeated) into a short video, through the face tracker and the spotter: found, quality ok."""
+    import csv
+
+    import cv2
+
+    from au_annotate.face import FaceTracker
+    from au_annotate.records import Frame
+
+    with open(CASME / "labels.csv", newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["Filename"] == clip)
+    first, last = int(row["OnsetFrame"]), int(row["OffsetFrame"])
+    imgs = [cv2.imread(str(CASME / clip / f"img{i}.jpg"), cv2.IMREAD_GRAYSCALE) for i in range(first, last + 1)]
+    fps, pad = 200.0, 200
+    seq = [imgs[0]] * pad + imgs + [imgs[-1]] * pad
+    tracker, sp = FaceTracker(fps), RoiFlowSpotter(fps)
+    windows: list[Window] = []
+    for i, img in enumerate(seq):
+        faces = tracker.process_all(Frame(i, i / fps, img, "gray"))
+        windows += sp.process_frame(i, i / fps, faces[0] if faces else None)
+    windows += sp.flush()
+    reported = [w for w in windows if w.kind in ("micro", "macro") and w.quality == "ok"]
+    gt = Interval("v", pad, pad + last - first, "micro")
+    best = max((iou(gt.onset, gt.offset, w.onset, w.offset) for w in reported), default=0.0)
+    assert best >= 0.5, (windows, gt)
+    assert len(reported) <= 2, reported

@@ -115,8 +115,9 @@ def test_limited_range_frames_are_mapped_only_where_the_tracker_reads_them(tmp_p
     and its crops are exactly those of frames mapped whole (a moving head, so the areas move)."""
     import dataclasses
 
+    from synth import make_video
+
     from au_annotate.face import FaceTracker
-    from au_annotate.synth import make_video
 
     clip = make_video(tmp_path / "m.mp4", fps=30, duration_s=1.5, size=(640, 480), head_motion_px=6.0, seed=8,
                       face_scale=0.6).path  # a face small enough for the search areas to be a part of the frame
@@ -191,52 +192,78 @@ def test_decode_bad_files_raise_one_line(tmp_path: Path, content: bytes) -> None
     assert str(p) in str(e.value) and "\n" not in str(e.value)
 
 
+def _shift(a: np.ndarray, b: np.ndarray) -> float:
+    """Sub-pixel translation between two images (cross-correlation; the phase-normalised kind finds no peak on face
+    cuts whose content leaves the edges, and reports 0 for any shift)."""
+    from skimage.registration import phase_cross_correlation
+
+    shift = phase_cross_correlation(a.astype(np.float32), b.astype(np.float32), upsample_factor=20, normalization=None)
+    return float(np.hypot(*shift[0]))
+
+
+def _fixed_cut_drift(frames: list[np.ndarray], box: tuple[float, float, float, float]) -> float:
+    """How far the picture moves between the first and last frame inside one fixed square (no alignment)."""
+    x, y, side = int(box[0]), int(box[1]), int(box[2])
+    cuts = [cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)[y : y + side, x : x + side], (224, 224))
+            for f in (frames[0], frames[-1])]
+    return _shift(*cuts)
+
+
+def _first_face(tracker, frame: Frame):  # noqa: ANN001, ANN202
+    """The tracked face of a one-face frame (the lowest id), or None."""
+    faces = tracker.process_all(frame)
+    return faces[0] if faces else None
+
+
 def test_alignment_residual_motion_under_one_pixel() -> None:
     """A face translating by sub-pixel steps gives aligned crops that stay within 1 px of each other."""
     from skimage import data
-    from skimage.registration import phase_cross_correlation
 
     from au_annotate.face import FaceTracker
 
     big = cv2.resize(data.astronaut(), (1024, 1024), interpolation=cv2.INTER_CUBIC)
     tracker = FaceTracker(30.0)
-    crops = []
+    crops, frames, first_box = [], [], None
     for i in range(30):
         dx, dy = 0.37 * i, -0.23 * i  # 11 px right, 7 px up over the clip
         m = np.float32([[1, 0, -100 + dx], [0, 1, -50 + dy]])
         img = cv2.warpAffine(big, m, (640, 480), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        face = tracker.process(Frame(i, i / 30, img))
+        face = _first_face(tracker, Frame(i, i / 30, img))
         assert face is not None and face.crop.shape == (224, 224)
         crops.append(face.crop.astype(np.float32))
+        frames.append(img)
+        first_box = first_box or face.box
     assert tracker.detections == 1  # tracked by template matching, not re-detected
-    residual = [np.hypot(*phase_cross_correlation(crops[0], c, upsample_factor=20)[0]) for c in crops[1:]]
+    residual = [_shift(crops[0], c) for c in crops[1:]]
     assert max(residual) < 1.0, residual
-    # without alignment the same frames would have moved by up to 13 px in frame pixels
-    assert np.hypot(0.37 * 29, 0.23 * 29) > 10
+    # without alignment the crops would have moved: the same square cut at the first crop's place drifts by ~11 px
+    assert _fixed_cut_drift(frames, first_box) > 8.0
 
 
 @pytest.mark.parametrize(("size", "zoom", "step"), [((1280, 720), 3.0, (0.61, -0.37)), ((1920, 1080), 4.0, (1.1, -0.7))])
 def test_alignment_holds_for_large_faces(size: tuple[int, int], zoom: float, step: tuple[float, float]) -> None:
     """Big faces are matched on a ~64-px template (an integer area reduction), yet the crops stay sub-pixel aligned."""
     from skimage import data
-    from skimage.registration import phase_cross_correlation
 
     from au_annotate.face import FaceTracker
 
     big = cv2.resize(data.astronaut(), (int(512 * zoom),) * 2, interpolation=cv2.INTER_CUBIC)
     tracker = FaceTracker(30.0)
-    crops = []
+    crops, frames, first_box = [], [], None
     for i in range(20):
         m = np.float32([[1, 0, -50 * zoom + step[0] * i], [0, 1, -25 * zoom + step[1] * i]])
         img = cv2.warpAffine(big, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        face = tracker.process(Frame(i, i / 30, img))
+        face = _first_face(tracker, Frame(i, i / 30, img))
         assert face is not None
         crops.append(face.crop.astype(np.float32))
+        frames.append(img)
+        first_box = first_box or face.box
     track = tracker._tracks[0]  # noqa: SLF001 - the tracking scale is the point of this test
     assert track.factor >= 3 and 40 <= track.template.shape[0] <= 100
     assert tracker.detections == 1
-    residual = [np.hypot(*phase_cross_correlation(crops[0], c, upsample_factor=20)[0]) for c in crops[1:]]
+    residual = [_shift(crops[0], c) for c in crops[1:]]
     assert max(residual) < 0.5, residual
+    assert _fixed_cut_drift(frames, first_box) > 2.0  # unaligned, the face moved
 
 
 def test_tracker_gives_the_same_crops_for_bgr_and_rgb_frames() -> None:
@@ -249,8 +276,8 @@ def test_tracker_gives_the_same_crops_for_bgr_and_rgb_frames() -> None:
     a, b = FaceTracker(30.0), FaceTracker(30.0)
     for i in range(3):
         img = np.roll(rgb, i, axis=1)
-        fa = a.process(Frame(i, i / 30, img))
-        fb = b.process(Frame(i, i / 30, np.ascontiguousarray(img[..., ::-1]), order="bgr"))
+        fa = _first_face(a, Frame(i, i / 30, img))
+        fb = _first_face(b, Frame(i, i / 30, np.ascontiguousarray(img[..., ::-1]), order="bgr"))
         assert fa is not None and fb is not None
         assert np.array_equal(fa.crop, fb.crop) and np.allclose(fa.landmarks, fb.landmarks)
 
@@ -260,7 +287,7 @@ def test_tracker_reports_no_face_without_crashing() -> None:
 
     tracker = FaceTracker(30.0)
     blank = np.full((240, 320, 3), 90, np.uint8)
-    assert all(tracker.process(Frame(i, i / 30, blank)) is None for i in range(40))
+    assert all(tracker.process_all(Frame(i, i / 30, blank)) == [] for i in range(40))
     assert tracker.detections >= 2  # keeps retrying, but not on every frame
     assert tracker.detections < 40
 
@@ -279,18 +306,35 @@ def test_flow_encoding_pure_horizontal_shift() -> None:
 
 
 def test_flow_encoding_matches_reference_formula() -> None:
+    """Pixel-exact against the seed's formula computed independently (float64 NumPy, no OpenCV polar conversion):
+    hue = truncate(angle in degrees / 2), value = truncate(255 * min-max normalised magnitude), full saturation, then
+    OpenCV's HSV -> RGB and an 8x area reduction to 28 px. The flow is constant on each 8x8 block (the area reduction keeps it
+    exact) and its angles and magnitudes sit 0.2-0.3 of a step away from the truncation edges: a hue off by one step
+    (2 degrees), rounding instead of truncating, or BGR order all change pixels, while cartToPolar's ~0.3 degree
+    angle error cannot."""
     rng = np.random.default_rng(0)
-    flow = rng.normal(size=(224, 224, 2)).astype(np.float32)
-    mag = np.sqrt(flow[..., 0] ** 2 + flow[..., 1] ** 2)
-    ang = (np.degrees(np.arctan2(flow[..., 1], flow[..., 0])) % 360).astype(np.float32)
-    hsv = np.zeros((224, 224, 3), np.uint8)
-    hsv[..., 0] = ang / 2
+    hue = rng.integers(0, 180, (28, 28))  # the intended hue step of each block
+    value = rng.integers(1, 255, (28, 28))  # the intended value (0 and 255 are the min and max blocks below)
+    value[0, 0], value[0, 1] = 0, 255
+    ang = np.radians(2 * hue + 1.4)  # 0.7 of a hue step: truncates to `hue`, rounds to hue + 1
+    lo, hi = 0.5, 3.0  # magnitudes of the min and max blocks
+    frac = np.where((value == 0) | (value == 255), 0.0, 0.7)  # also 0.7 of a value step
+    mag = lo + (value + frac) / 255 * (hi - lo)
+    block = np.stack([mag * np.cos(ang), mag * np.sin(ang)], axis=-1)
+    flow = np.repeat(np.repeat(block, 8, axis=0), 8, axis=1).astype(np.float32)
+    # the reference, block by block
+    m64 = np.hypot(flow[::8, ::8, 0].astype(np.float64), flow[::8, ::8, 1].astype(np.float64))
+    deg = np.degrees(np.arctan2(flow[::8, ::8, 1].astype(np.float64), flow[::8, ::8, 0].astype(np.float64))) % 360
+    hsv = np.zeros((28, 28, 3), np.uint8)
+    hsv[..., 0] = np.floor(deg / 2)
     hsv[..., 1] = 255
-    hsv[..., 2] = np.clip((mag - mag.min()) / (mag.max() - mag.min()) * 255, 0, 255)
-    ref = cv2.resize(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), (28, 28), interpolation=cv2.INTER_AREA)
+    hsv[..., 2] = np.floor((m64 - m64.min()) / (m64.max() - m64.min()) * 255)
+    assert np.array_equal(hsv[..., 0], hue) and np.array_equal(hsv[..., 2], value)  # the flow says what was meant
+    # OpenCV's HSV -> RGB, at full size (its vector and scalar code paths may round a channel differently)
+    ref = cv2.cvtColor(np.repeat(np.repeat(hsv, 8, axis=0), 8, axis=1), cv2.COLOR_HSV2RGB)[::8, ::8]
     got = encode_flow(flow)
-    # cv2.cartToPolar's angle is accurate to ~0.3 degree, so a hue may differ by one step on a few pixels
-    assert np.mean(np.abs(got.astype(int) - ref)) < 1.0
+    assert got.shape == (28, 28, 3) and got.dtype == np.uint8
+    assert np.array_equal(got, ref), int(np.abs(got.astype(int) - ref).max())
 
 
 def test_farneback_sees_a_real_shift_and_input_is_float_nchw() -> None:

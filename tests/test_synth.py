@@ -8,8 +8,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-
-from au_annotate.synth import (
+from synth import (
     PlantedEvent,
     SynthError,
     crop_aligned,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import copy
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +21,15 @@ from au_annotate.training.evaluate import (
     evaluate,
     macro,
     make_folds,
-    reliable_aus,
     run_fold,
 )
+from au_annotate.training.folds import best_f1_threshold, select_thresholds
+from au_annotate.training.reliability import RELIABILITY, ReliabilityRule, reliable_aus
 from au_annotate.training.train import (
     TrainConfig,
     TrainConfigError,
-    best_f1_threshold,
     flip_pictures,
     load_train_config,
-    select_thresholds,
     train_checkpoint,
     train_model,
 )
@@ -167,7 +169,61 @@ def test_reliable_rule() -> None:
     }
     # AU07 is not 2x all-positive, AU09 has too few positives, AU05 F1 0.3 < MIN_F1, AU12 ranks poorly (AUC 0.6);
     # AU04 is usable although the pixel baseline does better (that comparison is reported, not a usability criterion)
-    assert reliable_aus(tables) == ["AU04", "AU02"]
+    assert reliable_aus(tables) == RELIABILITY.apply(tables) == ["AU04", "AU02"]
+    # the text is generated from the thresholds that apply() uses, so another rule describes itself differently
+    looser = ReliabilityRule(min_support=5, min_f1=0.3, all_positive_factor=1.0, min_auc=0.5)
+    assert looser.apply(tables) == ["AU04", "AU07", "AU09", "AU05", "AU12", "AU02"]
+    tables["htnet"][1]["auc"] = None  # metrics.json stores a NaN AUC as null: never reliable
+    assert looser.apply(tables) == ["AU04", "AU09", "AU05", "AU12", "AU02"]
+    assert looser.describe() == (
+        "support >= 5, cross-validated F1 >= 0.3 and >= 1x the all-positive F1, pooled cross-validated ROC-AUC >= 0.5 "
+        "(beating logistic regression is not a criterion)"
+    )
+    for value in ("support >= 10", "F1 >= 0.4", ">= 2x the all-positive F1", "ROC-AUC >= 0.75"):
+        assert value in RELIABILITY.describe()
+    assert "logistic regression is not a criterion" in RELIABILITY.describe()
+    assert RELIABILITY.apply_without_metrics(["AU04", "AU09"], [10, 9]) == ["AU04"]
+
+
+def _training_imports() -> dict[str, tuple[set[str], set[str]]]:
+    """Per module of au_annotate.training: (modules of the package it imports at top level, ... inside functions)."""
+    import au_annotate.training as pkg
+
+    prefix = "au_annotate.training."
+    out: dict[str, tuple[set[str], set[str]]] = {}
+    for path in sorted(Path(pkg.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+
+        def targets(nodes: list[ast.AST]) -> set[str]:
+            names = set()
+            for node in nodes:
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(prefix):
+                    names.add(node.module.removeprefix(prefix).split(".")[0])
+                elif isinstance(node, ast.Import):
+                    names |= {a.name.removeprefix(prefix).split(".")[0] for a in node.names if a.name.startswith(prefix)}
+            return names
+
+        top = targets(list(tree.body))  # `if TYPE_CHECKING:` imports are for annotations only and not counted
+        inner = targets([n for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+                         for n in ast.walk(f)])
+        out[path.stem] = (top, inner)
+    return out
+
+
+def test_training_imports_point_one_way() -> None:
+    graph = _training_imports()
+    assert {"folds", "reliability", "train", "baselines", "evaluate"} <= set(graph)
+    for module, (_, inner) in graph.items():
+        assert not inner, f"{module} imports {inner} inside a function (a circle dodged at call time)"
+    assert graph["folds"][0] == set() and graph["reliability"][0] == set()
+    assert "evaluate" not in graph["train"][0] | graph["baselines"][0]
+    assert "train" not in graph["baselines"][0]
+
+    def reaches(start: str, goal: str, seen: frozenset[str] = frozenset()) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ((), ()))[0])
+
+    circles = [m for m in graph if reaches(m, m)]
+    assert not circles, f"import circle through {circles}"
 
 
 def test_make_folds() -> None:
@@ -209,7 +265,23 @@ def test_training_is_deterministic() -> None:
     c = train_model(images, labels, cfg, seed=1).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
-    assert torch.get_num_threads() >= 1
+
+
+def test_training_restores_the_callers_thread_count_and_rng() -> None:
+    labels = np.array([[1, 0], [0, 1]] * 3, dtype=np.float32)
+    images = _pictures(labels)
+    before = torch.get_num_threads()
+    distinctive = 3 if before != 3 else 5  # not 1 (what training sets) and not the default
+    torch.set_num_threads(distinctive)
+    try:
+        torch.manual_seed(1234)
+        expected = torch.rand(3)
+        torch.manual_seed(1234)
+        train_model(images, labels, TINY)
+        assert torch.get_num_threads() == distinctive
+        assert torch.equal(torch.rand(3), expected)  # the caller's random stream is untouched
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_thresholds_never_see_the_held_out_fold() -> None:
@@ -240,6 +312,8 @@ def test_evaluate_and_checkpoint_round_trip(tmp_path: Path) -> None:
     assert paths[0].read_text().splitlines()[0] == "method,au,support,precision,recall,f1,uar,auc"
     assert len(paths[2].read_text().splitlines()) == len(ds) + 1
 
+    assert js["reliable_rule"] == RELIABILITY.describe()
+
     sha, fit, reliable = train_checkpoint(ds, TINY, tmp_path / "m.pt", eval_report=js)
     loaded = load_checkpoint(tmp_path / "m.pt")
     assert loaded.sha256 == sha and loaded.au_names == ds.au_names
@@ -247,6 +321,33 @@ def test_evaluate_and_checkpoint_round_trip(tmp_path: Path) -> None:
     assert loaded.reliable.tolist() == reliable == [au in js["reliable"] for au in ds.au_names]
     assert loaded.meta["training"]["data"]["files_sha256"] == ds.identity["files_sha256"]
     assert loaded.meta["metrics"]["protocol"] == "group-kfold-2"
+    assert loaded.meta["training"]["reliable_rule"] == RELIABILITY.describe()
+    assert "as_reported" not in loaded.meta["metrics"]  # a current report agrees with the checkpoint
+
+    # A report whose tables make AU04 reliable but whose own list (an older rule's) says AU12: the checkpoint takes the
+    # rule's choice, states the rule it applied, and its stored metrics agree with its mask.
+    doctored = copy.deepcopy(js)
+    col = ds.au_names.index("AU04")
+    doctored["tables"]["htnet"][col].update(f1=0.9, auc=0.95)
+    doctored["tables"]["all_positive"][col]["f1"] = 0.3
+    doctored["reliable"] = ["AU12"]
+    _, _, reliable = train_checkpoint(ds, TINY, tmp_path / "m2.pt", eval_report=doctored)
+    loaded = load_checkpoint(tmp_path / "m2.pt")
+    stored = loaded.meta["metrics"]
+    mask = [au for au, r in zip(loaded.au_names, loaded.reliable, strict=True) if r]
+    assert mask == ["AU04"] == [au for au, r in zip(ds.au_names, reliable, strict=True) if r]
+    assert loaded.meta["training"]["reliable_rule"] == stored["reliable_rule"] == RELIABILITY.describe()
+    assert RELIABILITY.apply(stored["tables"]) == stored["reliable"] == mask
+    assert stored["as_reported"] == {"reliable": ["AU12"], "reliable_rule": RELIABILITY.describe()}
+
+    # Without a report only the support condition is applied, and the stored text says exactly that.
+    _, _, reliable = train_checkpoint(ds, TINY, tmp_path / "m3.pt")
+    loaded = load_checkpoint(tmp_path / "m3.pt")
+    assert loaded.meta["metrics"] is None
+    assert loaded.meta["training"]["reliable_rule"] == RELIABILITY.describe_without_metrics()
+    positives = ds.labels.sum(0)
+    assert [au for au, r in zip(ds.au_names, reliable, strict=True) if r] == RELIABILITY.apply_without_metrics(
+        ds.au_names, positives) == [au for au, n in zip(ds.au_names, positives, strict=True) if n >= 10]
     other = TrainConfig(**{**TINY.to_dict(), "epochs": 3})
     with pytest.raises(TrainConfigError, match="another recipe"):
         train_checkpoint(ds, other, tmp_path / "x.pt", eval_report=js)
@@ -266,6 +367,10 @@ def test_train_config_file(tmp_path: Path) -> None:
         TrainConfig(pos_weight="sometimes")
     with pytest.raises(TrainConfigError, match="dim"):
         TrainConfig(model={"dim": 30, "heads": 4})
+    with pytest.raises(TrainConfigError, match=r"unknown model option\(s\): depth \(known: block_repeats, dim"):
+        TrainConfig(model={"depth": 2})
+    with pytest.raises(TrainConfigError, match=r"unknown training option\(s\): epoch, lrate \(known: batch_size"):
+        TrainConfig.from_dict({"epoch": 2, "lrate": 0.1})
 
 
 def test_cli_train_and_evaluate(tmp_path: Path) -> None:
@@ -294,7 +399,6 @@ SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "htnet-samm.pt"
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="shipped checkpoint not built")
 def test_shipped_checkpoint_matches_its_model_card() -> None:
-    from au_annotate.training.evaluate import reliable_aus
     from au_annotate.weights import load_checkpoint
 
     loaded = load_checkpoint(SHIPPED)
@@ -306,7 +410,9 @@ def test_shipped_checkpoint_matches_its_model_card() -> None:
     assert report["protocol"] == "loso" and report["n_folds"] == 29
     assert report["recipe"] == recipe.to_dict()  # the LOSO numbers belong to this recipe
     assert report["data"]["files_sha256"] == meta["training"]["data"]["files_sha256"]
-    assert [loaded.au_names[i] for i in np.flatnonzero(loaded.reliable)] == reliable_aus(report["tables"])
+    chosen = [loaded.au_names[i] for i in np.flatnonzero(loaded.reliable)]
+    assert chosen == RELIABILITY.apply(report["tables"]) == report["reliable"] == ["AU02", "AU04"]
+    assert meta["training"]["reliable_rule"] == report["reliable_rule"] == RELIABILITY.describe()
     assert np.all((loaded.thresholds > 0) & (loaded.thresholds < 1))
     card = (SHIPPED.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert loaded.sha256 in card
@@ -316,6 +422,12 @@ def test_shipped_checkpoint_matches_its_model_card() -> None:
             rows.setdefault(line.split("|")[1].strip(), line)
     for r in report["tables"]["htnet"]:  # the card's LOSO table is the checkpoint's report
         assert rows[r["au"]].startswith(f"| {r['au']} | {r['support']} |") and f"**{r['f1']:.2f}**" in rows[r["au"]]
+    # one statement of which AUs are reliable, and why: the table's column, the bold line and the rule's own text
+    assert [au for au, line in rows.items() if line.split("|")[-2].strip() == "yes"] == chosen
+    flat = " ".join(card.split())
+    statements = re.findall(r"\*\*Reliable: (.*?)\*\*", flat)
+    assert len(statements) == 1 and re.findall(r"AU\d\d", statements[0]) == chosen
+    assert RELIABILITY.describe() in flat
 
 
 def test_cli_help_defaults_match_the_recipe_defaults() -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from au_annotate import weights as W
+from au_annotate.flow import SEED_FARNEBACK, FarnebackParams
 from au_annotate.model import HTNet, HTNetConfig, HTNetEnsemble
 from au_annotate.weights import (
     DEFAULT_WEIGHTS,
@@ -31,6 +32,7 @@ from au_annotate.weights import (
 )
 
 X = torch.rand(6, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "htnet-samm.pt"
 
 
 def _model(seed: int = 0, **kwargs: int) -> HTNet:
@@ -60,7 +62,8 @@ def test_seed_au_order_and_registry_entry() -> None:
     assert seed.filename == "best_htnet_model.pth" and seed.au_order == "seed25"
     assert seed.sha256 == "51fb9fc5c3a6adcb92b710b0dd87e98ef837c252564d8fac9e059d156f3815cf"
     assert seed.url is not None and seed.url.endswith("/models/best_htnet_model.pth")
-    assert REGISTRY[DEFAULT_WEIGHTS].filename == "htnet-samm.pt" and REGISTRY[DEFAULT_WEIGHTS].url is None
+    assert REGISTRY[DEFAULT_WEIGHTS].filename == "htnet-megc.pt" and REGISTRY[DEFAULT_WEIGHTS].url is None
+    assert REGISTRY["htnet-samm"].filename == "htnet-samm.pt" and REGISTRY["htnet-samm"].url is None  # by name
 
 
 def test_plain_state_dict_loads_with_seed25(plain_seed_file: Path) -> None:
@@ -214,7 +217,7 @@ def test_resolve_weights(tmp_path: Path, cache: Path, plain_seed_file: Path) -> 
     assert resolve_weights("seed") == cache / "best_htnet_model.pth"
     found = W.locate(DEFAULT_WEIGHTS)
     if found is None:  # before the shipped weights exist, the default says how to get them
-        with pytest.raises(WeightsError, match="htnet-samm.*au-annotate train"):
+        with pytest.raises(WeightsError, match="htnet-megc.*au-annotate train"):
             resolve_weights(None)
     else:
         assert resolve_weights(None) == found
@@ -309,3 +312,51 @@ def test_ensemble_round_trip_averages_member_probabilities(tmp_path: Path) -> No
     assert isinstance(load_checkpoint(single).model, HTNet)
     with pytest.raises(ValueError, match="share one HTNet configuration"):
         HTNetEnsemble([members[0], HTNet(dim=32)])
+
+
+def test_checkpoint_records_the_pipelines_farneback_parameters(tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, _model(0), config=HTNetConfig(), au_names=SEED25_AU_ORDER)
+    flow_meta = load_checkpoint(path).meta["flow"]
+    assert flow_meta["method"] == "farneback"
+    assert FarnebackParams.from_meta(flow_meta) == SEED_FARNEBACK  # what flow.py computes is what the file says
+    assert SEED_FARNEBACK.to_meta() == W.DEFAULT_FLOW_META
+    with pytest.raises(ValueError, match=r"unknown Farneback parameter\(s\): winsz"):
+        FarnebackParams.from_meta({**flow_meta, "winsz": 3})
+    with pytest.raises(ValueError, match="flow method 'tvl1'"):
+        FarnebackParams.from_meta({**flow_meta, "method": "tvl1"})
+
+
+@pytest.mark.parametrize("name", [DEFAULT_WEIGHTS, "htnet-samm"])
+def test_default_weights_are_pinned_to_the_shipped_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        name: str) -> None:
+    from click.testing import CliRunner
+
+    from au_annotate.cli import main
+
+    entry = REGISTRY[name]
+    shipped = SHIPPED.parent / entry.filename
+    if not shipped.exists():
+        pytest.skip("shipped checkpoint not built")
+    assert entry.sha256 == sha256_file(shipped)
+    loaded = load_weights(name if name != DEFAULT_WEIGHTS else None)  # by name: verified against the pin
+    assert loaded.name == name and loaded.sha256 == entry.sha256
+    monkeypatch.setenv("AU_ANNOTATE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(W, "search_dirs", lambda cache=None: (SHIPPED.parent,))
+    assert {r.entry.name: r.checksum for r in list_weights()}[name] == "ok"
+    out = CliRunner().invoke(main, ["weights", "list"]).stdout.splitlines()
+    assert any(line.startswith(f"{name} ") and f" ok (pinned {entry.sha256[:12]}) " in line for line in out)
+
+    # the same checkpoint with one meta value changed: still a valid file, but not the shipped one
+    raw = torch.load(shipped, weights_only=True)
+    raw["meta"]["training"]["reliable_rule"] = "edited"
+    folder = tmp_path / "w"
+    folder.mkdir()
+    torch.save(raw, folder / entry.filename)
+    monkeypatch.setattr(W, "search_dirs", lambda cache=None: (folder,))
+    with pytest.raises(WeightsError, match=f"checksum mismatch for '{name}'.*not the shipped file.*--weights PATH"):
+        load_weights(name)
+    assert load_checkpoint(folder / entry.filename).au_names == loaded.au_names  # by path it still loads
+    assert {r.entry.name: r.checksum for r in list_weights()}[name] == "MISMATCH"
+    out = CliRunner().invoke(main, ["weights", "list"]).stdout.splitlines()
+    assert any(line.startswith(f"{name} ") and f" MISMATCH (pinned {entry.sha256[:12]}) " in line for line in out)

@@ -180,8 +180,8 @@ def test_csv_columns_and_pandas_dtypes(result: VideoResult) -> None:
         "duration_s",
         "score",
     ]
-    assert list(df.columns[12:16]) == ["AU04_p", "AU04_c", "AU07_p", "AU07_c"]
-    assert list(df.columns[-3:]) == ["aus", "emotion", "rule"]
+    assert list(df.columns[12:17]) == ["quality", "AU04_p", "AU04_c", "AU07_p", "AU07_c"]
+    assert list(df.columns[-5:]) == ["aus", "emotion", "rule", "emotion_model", "emotion_model_p"]
     for col in ("segment_id", "onset_frame", "apex_frame", "offset_frame", "AU04_c", "AU14_c"):
         assert df[col].dtype == np.int64, col
     for col in ("onset_s", "apex_s", "offset_s", "duration_s", "score", "AU04_p", "AU14_p"):
@@ -283,7 +283,8 @@ def test_eaf_round_trip_matches_csv(result: VideoResult) -> None:
     assert json.loads(props["au-annotate:settings"])["threshold"] == 0.5
 
     # segment 2 overlaps segment 1, so it goes to the overflow lane "segments 2"
-    tiers = set(eaf.get_tier_names())
+    # the coder's review tiers (review, AUs (coder)) are checked in test_review.py
+    tiers = {t for t in eaf.get_tier_names() if not t.startswith(("review", "AUs (coder)"))}
     assert {"segments", "AUs", "emotion", "segments 2", "AUs 2", "emotion 2", "AU04", "AU12 2"} <= tiers
     got: dict[str, list[tuple[int, int, str]]] = {t: eaf.get_annotation_data_for_tier(t) for t in tiers}
     for t, anns in got.items():
@@ -325,9 +326,15 @@ def test_eaf_without_au_tiers_and_several_faces(tmp_path: Path) -> None:
         "segments face0",
         "AUs face0",
         "emotion face0",
+        "emotion_model face0",
         "segments face1",
         "AUs face1",
         "emotion face1",
+        "emotion_model face1",
+        "review face0",
+        "AUs (coder) face0",
+        "review face1",
+        "AUs (coder) face1",
     }
     assert eaf.get_linked_files()[0]["MIME_TYPE"] == "video/quicktime"
     assert eaf.get_linked_files()[0]["RELATIVE_MEDIA_URL"] == "./two faces.mov"
@@ -383,6 +390,18 @@ def test_textgrid_round_trip(result: VideoResult) -> None:
     assert [e.label for e in tg.getTier("emotion").entries + tg.getTier("emotion 2").entries] == ["anger", "happiness"]
     assert [e.label for e in tg.getTier("AU14").entries] == ["AU14"]
     assert "sha256 " + "ab" * 32 in tg.getTier("au-annotate").entries[0].label
+
+
+def test_textgrid_has_the_model_emotion_tier(result: VideoResult, tmp_path: Path) -> None:
+    """The model's 3-class emotion goes on its own tier, as in the EAF (label `negative 0.81`)."""
+    from dataclasses import replace as dc_replace
+
+    segs = tuple(dc_replace(s, emotion_model="negative", emotion_model_p=0.8125) for s in result.segments[:1])
+    r = dc_replace(result, segments=segs)
+    path = output_path(r, TextGridWriter())
+    TextGridWriter().write(r, path, CTX)
+    tg = textgrid.openTextgrid(str(path), includeEmptyIntervals=False)
+    assert [e.label for e in tg.getTier("emotion_model").entries] == ["negative 0.81"]
 
 
 def test_outputs_name_unicode_paths_on_disk(result: VideoResult) -> None:

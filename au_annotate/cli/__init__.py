@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from au_annotate import __version__
+from au_annotate._version import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -17,9 +17,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from au_annotate.cli import annotate, model, spotting, train
+    from au_annotate.cli import annotate, model, review, spotting, train
 
-    for module in (annotate, model, train, spotting):
+    for module in (annotate, model, train, spotting, review):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -11,6 +15,24 @@ import click
 from au_annotate.settings import SettingsError, build_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a batch scheduler stopping the job, `kill`) handled like Ctrl-C: the run writes what finished and
+    exits 130. Only in the main thread, where Python lets us set handlers; the previous handler comes back after."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _formats(value: str | None) -> tuple[str, ...] | None:
@@ -63,6 +85,7 @@ def annotate(inputs: tuple[Path, ...], out_dir: Path, config_file: Path | None, 
     from au_annotate.discover import DiscoverError
     from au_annotate.ui import LogProgress, RichProgress, print_summary
 
+    t_start = time.monotonic()
     err = Console(stderr=True, highlight=False)
     try:
         settings = build_settings(config_file, formats=_formats(formats), **options)
@@ -73,21 +96,23 @@ def annotate(inputs: tuple[Path, ...], out_dir: Path, config_file: Path | None, 
         logging.basicConfig(level=logging.DEBUG, format="%(message)s")
     console = Console(stderr=True)
     try:
-        if settings.quiet:
-            report = run_annotate(list(inputs), out_dir, settings)
-        else:
-            # a terminal gets live rich bars; a log file (batch job, cluster) gets a tqdm line every 30 s
-            hook = RichProgress(console) if console.is_terminal else LogProgress(sys.stderr)
-            with hook:
-                report = run_annotate(list(inputs), out_dir, settings, progress=hook)
+        with _terminate_as_interrupt():
+            if settings.quiet:
+                report = run_annotate(list(inputs), out_dir, settings)
+            else:
+                # a terminal gets live rich bars; a log file (batch job, cluster) gets a tqdm line every 30 s
+                hook = RichProgress(console) if console.is_terminal else LogProgress(sys.stderr)
+                with hook:
+                    report = run_annotate(list(inputs), out_dir, settings, progress=hook)
     except (DiscoverError, OutputError, AnnotateError) as e:
         err.print(f"[red]Error:[/] {e}", soft_wrap=True)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
-        err.print("[yellow]Interrupted.[/]")
+        err.print(f"[yellow]Interrupted:[/] the videos that finished are written under {out_dir} (run again to "
+                  "finish the rest)", soft_wrap=True)
         sys.exit(EXIT_INTERRUPTED)
     if not settings.quiet:
-        print_summary(report, Console())
+        print_summary(report, Console(), wall_s=time.monotonic() - t_start)
     sys.exit(EXIT_FAILED if report.failed else EXIT_OK)
 
 

@@ -19,7 +19,7 @@ def _fail(exc: Exception) -> click.ClickException:
 @click.command("predict")
 @click.argument("flow_png", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--weights", "weights", default=None, metavar="NAME|PATH",
-              help="Registry name (htnet-samm, seed) or checkpoint path. Default: the shipped htnet-samm.")
+              help="Registry name (htnet-megc, htnet-samm, seed) or checkpoint path. Default: the shipped htnet-megc.")
 @click.option("--au-order", default=None, metavar="ORDER",
               help="AU output order of a plain state dict: seed25 (the seed checkpoint) or a comma-separated AU list.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -39,7 +39,7 @@ def predict(
     """
     import numpy as np
 
-    from au_annotate.aus import AUDecoder
+    from au_annotate.aus import AUDecoder, emotion_softmax
     from au_annotate.fileio import atomic_open
     from au_annotate.flow import load_flow_png
     from au_annotate.infer import BatchRunner, InferenceError
@@ -69,10 +69,19 @@ def predict(
         probs = runner.predict(np.stack(pictures) if pictures else np.zeros((0, size, size, 3), np.uint8))
     except InferenceError as exc:
         raise _fail(exc) from exc
-    decoder = AUDecoder.from_model(loaded.au_names, loaded.thresholds, loaded.reliable, all_aus=all_aus)
-    _, _, codes = decoder.decode(probs)
+    decoder = AUDecoder.from_model(loaded.au_names, loaded.thresholds, loaded.reliable, all_aus=all_aus,
+                                   calibrated=loaded.calibrated)
+    k = loaded.n_aus
+    _, _, codes = decoder.decode(probs[:, :k])
     header = ["file", *loaded.au_names, "aus"]
-    rows = [[name, *(f"{p:.6f}" for p in row), code] for name, row, code in zip(names, probs, codes, strict=True)]
+    rows = [[name, *(f"{p:.6f}" for p in row[:k]), code] for name, row, code in zip(names, probs, codes, strict=True)]
+    if not loaded.emotion_classes:
+        click.echo(f"note: {loaded.name} has no emotion head (an older checkpoint): no emotion_model column", err=True)
+    else:  # the model's own 3-class emotion (softmax of its emotion outputs)
+        emo = emotion_softmax(probs[:, k:])
+        header += ["emotion_model", "emotion_model_p"]
+        for row, e in zip(rows, emo, strict=True):
+            row += [loaded.emotion_classes[int(e.argmax())], f"{float(e.max()):.6f}"]
     if output is None:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(header)
@@ -96,11 +105,11 @@ def weights() -> None:
     """Known model checkpoints: list them, fetch one (the only network access, only when asked)."""
 
 
-@weights.command("list", short_help="Known checkpoints: present locally? checksum ok? path.")
+@weights.command("list", short_help="Known checkpoints: present locally? pinned checksum ok? path.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="User cache to look in (default: $AU_ANNOTATE_CACHE or ~/.cache/au-annotate).")
 def weights_list(cache_dir: Path | None) -> None:
-    """Registry checkpoints: name, local presence, checksum state, path, description."""
+    """Registry checkpoints: name, local presence, checksum state (with the pinned sha256 prefix), path, description."""
     from au_annotate.weights import list_weights
 
     rows = list_weights(cache=cache_dir)
@@ -109,7 +118,7 @@ def weights_list(cache_dir: Path | None) -> None:
         table.append((
             row.entry.name,
             "yes" if row.path is not None else "no",
-            row.checksum,
+            row.checksum if row.entry.sha256 is None else f"{row.checksum} (pinned {row.entry.sha256[:12]})",
             str(row.path) if row.path is not None else "-",
             row.entry.description,
         ))

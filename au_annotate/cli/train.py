@@ -47,6 +47,11 @@ def _recipe_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--depth", "block_repeats", type=click.IntRange(min=1), default=None,
                      help="Transformer blocks per level (seed 2)."),
         click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None),
+        click.option("--refit/--no-refit", default=None,
+                     help="Refit on all training samples after the inner folds (default), or ship the inner-fold "
+                          "models as the ensemble."),
+        click.option("--emotion-weight", type=click.FloatRange(min=0), default=None,
+                     help="Weight of the 3-class emotion loss (data with emotion labels). Default 1."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -73,15 +78,17 @@ def _console() -> Console:
 
 
 def _load(data: Path, console: Console) -> AUDataset:
-    from au_annotate.training.data import DatasetError, load_dataset
+    from au_annotate.training.data import DatasetError, load_any
 
     try:
-        ds = load_dataset(data)
+        ds = load_any(data)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from exc
+    sources = ds.identity.get("sources")
     console.print(
         f"[bold]{ds.identity['name']}[/]: {len(ds)} samples, {ds.identity['n_subjects']} subjects, "
-        f"{len(ds.au_names)} AUs"
+        f"{len(ds.au_names)} AUs, encoding {ds.encoding}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in sources.items())})" if sources else "")
     )
     for name in ds.missing:
         console.print(f"[yellow]note[/]: table row without a flow picture, skipped: {name}")
@@ -112,9 +119,10 @@ def _f(v: float) -> str:
 
 
 def _table(report: EvalReport) -> Table:
-    from au_annotate.training.evaluate import FREQUENT, METHODS
-
     """Per-AU rows: HTNet metrics, then the F1 of both baselines; macro rows last."""
+    from au_annotate.training.evaluate import METHODS
+    from au_annotate.training.reliability import FREQUENT
+
     t = Table(title=f"{report.protocol} ({report.n_folds} folds), pooled held-out predictions")
     t.caption = "pos = positives; AP = all-positive baseline; LR = logistic regression on pixels; rel = reliable"
     for col in ("AU", "pos", "P", "R", "F1", "UAR", "AUC", "F1 AP", "F1 LR", "AUC LR", "rel"):
@@ -133,10 +141,49 @@ def _table(report: EvalReport) -> Table:
     return t
 
 
+def _split_table(report: Any, aus: tuple[str, ...] = ("AU04", "AU07", "AU12")) -> Table:
+    """Per split, the key AUs (or every AU with >= 8 held-out positives): HTNet beside both baselines."""
+    t = Table(title=f"{report.protocol}: held-out metrics (thresholds and epochs fixed inside training folds)")
+    t.caption = "AP = all-positive baseline; LR = logistic regression on pixels"
+    for col in ("split", "AU", "pos", "P", "R", "F1", "UAR", "AUC", "F1 AP", "F1 LR", "AUC LR"):
+        t.add_column(col, justify="left" if col in ("split", "AU") else "right", no_wrap=True)
+    for r in report.rows:
+        if r["au"] in aus or r["positives"] >= 8:
+            t.add_row(r["split"], r["au"], str(r["positives"]), *(_f(r[k]) for k in (
+                "precision", "recall", "f1", "uar", "auc", "f1_allpos", "f1_lr", "auc_lr")))
+    return t
+
+
+def _evaluate_splits(ds: AUDataset, cfg: TrainConfig, protocol: str, jobs: int, output: Path | None,
+                     console: Console) -> None:
+    """LOSO / LODO with both baselines on the same splits; metrics.csv (+ emotion_metrics.csv) in OUTPUT."""
+    from au_annotate.training.crossdata import evaluate_splits
+    from au_annotate.training.evaluate import EvaluationError
+
+    try:
+        with _progress(console) as prog:
+            task = prog.add_task(f"{protocol} splits", total=None)
+            report = evaluate_splits(ds, cfg, protocol, jobs, progress=_updater(console, prog, task, "splits done"))
+    except EvaluationError as exc:
+        raise click.UsageError(str(exc)) from exc
+    console.print(_split_table(report))
+    for r in report.emotion_rows:
+        console.print(f"emotion {r['split']}: UF1 {r['uf1']:.4f}, UAR {r['uar']:.4f} (n {r['n']})", highlight=False)
+    console.print(f"({report.seconds:.0f} s)")
+    if output is not None:
+        try:
+            paths = report.write(output)
+        except OSError as exc:
+            raise click.ClickException(f"{output}: cannot write the report ({exc.strerror or exc})") from exc
+        console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
 @click.command("evaluate")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder with samm.csv and flows/*.png.")
-@click.option("--protocol", type=click.Choice(["loso", "group-kfold"]), default="loso", show_default=True)
+              help="Folder with samm.csv + flows/*.png (SAMM, seed encoding) or index.csv + flows/ (MEGC composite).")
+@click.option("--protocol", type=click.Choice(["loso", "lodo", "group-kfold"]), default="loso", show_default=True,
+              help="loso: leave one subject out over every subject; lodo: train on SAMM test on CASME II and the "
+                   "reverse; group-kfold: the older per-method report (metrics.csv: method, au, ...).")
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Folds for group-kfold.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for metrics.csv, metrics.json, predictions.csv.")
@@ -150,11 +197,15 @@ def evaluate_cmd(data: Path, protocol: str, folds: int, output: Path | None, job
     Thresholds are chosen per AU inside each training fold (inner group-k-fold), never on the held-out subject.
     """
     from au_annotate.training.evaluate import EvaluationError, evaluate
+    from au_annotate.training.reliability import RELIABILITY
 
     console = _console()
     cfg = _recipe(config_path, **overrides)
     ds = _load(data, console)
     console.print(f"recipe: {json.dumps(cfg.to_dict())}")
+    if protocol in ("loso", "lodo"):
+        _evaluate_splits(ds, cfg, protocol, jobs, output, console)
+        return
     try:
         with _progress(console) as prog:
             task = prog.add_task(f"{protocol} folds", total=None)
@@ -167,6 +218,7 @@ def evaluate_cmd(data: Path, protocol: str, folds: int, output: Path | None, job
         console.print(f"target {au}: F1 {res['f1']:.2f} (all-positive {res['all_positive_f1']:.2f}, "
                       f"logreg {res['logreg_f1']:.2f}) -> {'met' if res['met'] else 'NOT met'}")
     console.print(f"reliable AUs: {', '.join(report.reliable) or 'none'}   ({report.seconds:.0f} s)")
+    console.print(f"reliable rule: {RELIABILITY.describe()}", highlight=False)
     if output is not None:
         try:
             paths = report.write(output)
@@ -177,31 +229,44 @@ def evaluate_cmd(data: Path, protocol: str, folds: int, output: Path | None, job
 
 @click.command("train")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder with samm.csv and flows/*.png.")
+              help="Folder with samm.csv + flows/*.png, or the MEGC composite (index.csv).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Checkpoint to write, e.g. weights/htnet-samm.pt.")
-@click.option("--eval-report", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="metrics.json of `evaluate` with the same recipe: stored in the checkpoint, sets the reliable AUs.")
+@click.option("--eval-report", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+              help="metrics.json of `evaluate` with the same recipe (repeat: the LOSO and the LODO one): stored in the "
+                   "checkpoint, sets the reliable AUs.")
 @_recipe_options
-def train_cmd(data: Path, output: Path, eval_report: Path | None, config_path: Path | None, **overrides: Any) -> None:
+def train_cmd(data: Path, output: Path, eval_report: tuple[Path, ...], config_path: Path | None,
+              **overrides: Any) -> None:
     """Train HTNet on every sample and write a checkpoint (thresholds by inner group-k-fold on the training data)."""
     from au_annotate.training.data import DatasetError
-    from au_annotate.training.evaluate import FREQUENT
+    from au_annotate.training.reliability import RELIABILITY
     from au_annotate.training.train import TrainConfigError, train_checkpoint
 
     console = _console()
     cfg = _recipe(config_path, **overrides)
     ds = _load(data, console)
     report = None
-    if eval_report is not None:
+    loaded = []
+    for path in eval_report:
         try:
-            report = json.loads(eval_report.read_text(encoding="utf-8"))
+            loaded.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
-            raise click.ClickException(f"{eval_report}: not a readable metrics.json ({exc})") from exc
+            raise click.ClickException(f"{path}: not a readable metrics.json ({exc})") from exc
+    if len(loaded) == 1:
+        report = loaded[0]
+    elif loaded:
+        from au_annotate.training.crossdata import merge_reports
+        from au_annotate.training.evaluate import EvaluationError
+
+        try:
+            report = merge_reports(loaded)
+        except EvaluationError as exc:
+            raise click.ClickException(str(exc)) from exc
     console.print(f"recipe: {json.dumps(cfg.to_dict())}")
     if report is None:
-        console.print(f"[yellow]note[/]: no --eval-report: AUs with >= {FREQUENT} positives are marked reliable without "
-                      "cross-validated evidence, and the checkpoint stores no metrics")
+        console.print(f"[yellow]note[/]: no --eval-report: reliable = {RELIABILITY.describe_without_metrics()}; "
+                      "the checkpoint stores no metrics")
     try:
         with _progress(console) as prog:
             task = prog.add_task("epochs (inner folds + final)", total=None)
@@ -218,7 +283,62 @@ def train_cmd(data: Path, output: Path, eval_report: Path | None, config_path: P
     for au, pos, thr, rel in zip(ds.au_names, ds.labels.sum(0), fit.thresholds, reliable, strict=True):
         t.add_row(au, str(int(pos)), f"{thr:.3f}", "yes" if rel else "")
     console.print(t)
+    if report is not None:
+        from au_annotate.training.reliability import CROSS_DATASET
+
+        rule = CROSS_DATASET if "rows" in report else RELIABILITY
+        console.print(f"reliable rule: {rule.describe()}", highlight=False)
     console.print(f"wrote {output} (sha256 {sha}, {output.stat().st_size / 1e6:.2f} MB)")
 
 
-COMMANDS: list[click.Command] = [train_cmd, evaluate_cmd]
+@click.command("reproduce-flow")
+@click.option("--frames", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Frames folder: labels.csv + <clip>/img<N>.jpg (e.g. ../shared/datasets/casme2-frames).")
+@click.option("--composite", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The MEGC composite folder whose flows/ holds the published pictures of the same clips.")
+@click.option("--weights", default=None, help="Also compare a model's outputs on both pictures (name or path).")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write agreement.json and both pictures per clip here.")
+def reproduce_cmd(frames: Path, composite: Path, weights: str | None, output: Path | None) -> None:
+    """Recompute the composite's HTNet flow pictures from raw frames through the product's face/align/flow stages."""
+    from au_annotate.training.reproduce import CHANNELS, ReproduceError, probability_agreement, reproduce
+    from au_annotate.weights import WeightsError, load_weights
+
+    console = _console()
+    try:
+        reps = reproduce(frames, composite)
+    except ReproduceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    t = Table(title="product's pictures vs the composite's (per channel: Pearson r / MAE in grey levels)")
+    for col in ("clip", *(f"{c} r" for c in CHANNELS), *(f"{c} MAE" for c in CHANNELS)):
+        t.add_column(col, justify="left" if col == "clip" else "right")
+    for r in reps:
+        t.add_row(r.clip, *(f"{v:.3f}" for v in r.corr), *(f"{v:.1f}" for v in r.mae))
+    console.print(t)
+    result: dict[str, Any] = {"clips": {r.clip: {"corr": dict(zip(CHANNELS, r.corr, strict=True)),
+                                                 "mae": dict(zip(CHANNELS, r.mae, strict=True))} for r in reps}}
+    if weights is not None:
+        try:
+            loaded = load_weights(weights)
+        except WeightsError as exc:
+            raise click.ClickException(str(exc)) from exc
+        agreement = probability_agreement(loaded, reps)
+        result["model"] = {"name": loaded.name, "sha256": loaded.sha256, **agreement}
+        for clip, e in agreement["clips"].items():
+            console.print(f"{clip}: max |dp| {e['max_abs_diff']:.3f}; emotion {e.get('emotion')}; "
+                          f"{'agrees' if e['agrees'] else 'DISAGREES'}", highlight=False)
+            console.print("  published " + " ".join(f"{k} {v:.2f}" for k, v in e["published"].items()), highlight=False)
+            console.print("  ours      " + " ".join(f"{k} {v:.2f}" for k, v in e["ours"].items()), highlight=False)
+        console.print(f"usable on the product's own pictures: {agreement['usable']} ({agreement['rule']})",
+                      highlight=False)
+    if output is not None:
+        from au_annotate.flow import save_flow_png
+
+        output.mkdir(parents=True, exist_ok=True)
+        for r in reps:
+            save_flow_png(output / f"{r.clip}.ours.png", r.ours)
+        (output / "agreement.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {output}")
+
+
+COMMANDS: list[click.Command] = [train_cmd, evaluate_cmd, reproduce_cmd]

@@ -7,25 +7,9 @@ in worker processes (`--jobs N`); `ray` runs on a Ray cluster (optional extra).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Protocol
+from au_annotate.engines.base import Engine, EngineError, Outcome
 
-from au_annotate.pipeline import VideoFailure, VideoWork
-from au_annotate.progress import ProgressHook
-from au_annotate.records import VideoJob
-from au_annotate.settings import Settings
-
-Outcome = tuple[VideoJob, VideoWork | VideoFailure]
-
-
-class Engine(Protocol):
-    """Runs pipeline.run_video for each job and yields outcomes as they complete."""
-
-    def run(self, jobs: Sequence[VideoJob], settings: Settings, hook: ProgressHook) -> Iterator[Outcome]: ...
-
-
-class EngineError(RuntimeError):
-    """An engine cannot start (unknown name, missing optional dependency, unreachable cluster)."""
+__all__ = ["Engine", "EngineError", "Outcome", "get_engine"]
 
 
 def get_engine(name: str, **options: object) -> Engine:

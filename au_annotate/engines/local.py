@@ -12,11 +12,12 @@ import queue
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-from au_annotate.engines import Outcome
-from au_annotate.pipeline import VideoFailure, run_video
+from au_annotate.engines.base import Outcome
+from au_annotate.pipeline import run_video
 from au_annotate.progress import ProgressHook
 from au_annotate.records import VideoInfo, VideoJob
 from au_annotate.settings import Settings
+from au_annotate.work import VideoFailure
 
 
 def default_jobs() -> int:

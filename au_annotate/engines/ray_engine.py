@@ -12,7 +12,7 @@ writes every output and the manifest, so outputs, layout and resume are the same
 - Progress: workers send (video started, frames so far) to a small progress actor; the driver drains it and feeds the
   usual ProgressHook. Counts are cumulative per attempt, so a retried video does not count its frames twice.
 
-Inference stays on the driver (see the README): the model is small (0.58 M parameters) and a video yields a few windows
+Inference stays on the driver (docs/architecture.md): the model is small (under 1 M parameters) and a video yields a few windows
 per minute, so the model is a tiny share of the work; one runner on the driver fills full batches from all videos and uses
 the driver's GPU when it has one.
 """
@@ -29,11 +29,13 @@ from typing import Any
 import ray
 import ray.exceptions
 
-from au_annotate.engines import EngineError, Outcome
-from au_annotate.pipeline import VideoFailure, VideoWork, run_video
+from au_annotate.engines.base import EngineError, Outcome
+from au_annotate.errors import one_line
+from au_annotate.pipeline import run_video
 from au_annotate.progress import ProgressHook
 from au_annotate.records import VideoInfo, VideoJob
 from au_annotate.settings import Settings
+from au_annotate.work import VideoFailure, VideoWork
 
 VideoFn = Callable[..., "VideoWork | VideoFailure"]
 
@@ -69,8 +71,9 @@ def _video_task(index: int, job: VideoJob, settings: Settings, progress: Any, vi
     """Body of one Ray task: run one video and report (start, cumulative frames) to the progress actor."""
     import cv2
 
-    # Ray reserves one CPU per task, and a video's own threads (decode, face, spot) already keep ~1.7 cores busy:
-    # OpenCV's thread pool on top would only oversubscribe the node (process_video also turns it off per video)
+    # the task reserves task_cpus() CPUs (2 where nodes have them), which a video's own threads (decode, face, spot)
+    # already keep ~1.7 busy: OpenCV's thread pool on top would only oversubscribe the node (process_video also turns
+    # it off per video)
     cv2.setNumThreads(1)
     count = 0
     last = time.monotonic()
@@ -93,11 +96,10 @@ def _video_task(index: int, job: VideoJob, settings: Settings, progress: Any, vi
 
 
 def _one_line(e: BaseException) -> str:
+    """A task's error in one line: Ray wraps the task's own exception (its `cause`) and puts the cause's text last."""
     cause = getattr(e, "cause", None)
     err = cause if isinstance(cause, BaseException) else e
-    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-    text = lines[-1] if isinstance(err, ray.exceptions.RayError) and lines else (lines[0] if lines else "")
-    return f"{type(err).__name__}: {text[:200]}".rstrip(": ")
+    return one_line(err, with_type=True, last=isinstance(err, ray.exceptions.RayError))
 
 
 class RayEngine:

@@ -1,4 +1,8 @@
-"""Training and evaluation of the AU model on flow-picture datasets (SAMM): labels, training, LOSO metrics, baselines.
+"""Training and evaluation of the AU model on flow-picture datasets (SAMM, the MEGC composite): labels, training,
+LOSO / LODO metrics (``crossdata``), baselines, the reliable-AU rules, the reproduction of the composite's pictures.
+
+Imports point one way: ``folds`` (inner splits, thresholds) and ``reliability`` (the reliable-AU rule) import nothing of
+the package; ``train`` and ``baselines`` use them; ``evaluate`` uses ``train``, ``baselines`` and ``reliability``.
 
 Names are imported on first use, so importing a submodule (e.g. `training.data`) does not pull in torch and sklearn.
 """
@@ -10,7 +14,10 @@ from typing import Any
 
 _WHERE = {
     "AUDataset": "data", "DatasetError": "data", "build_labels": "data", "load_dataset": "data",
+    "load_composite": "data", "load_any": "data", "evaluate_splits": "crossdata", "SplitReport": "crossdata",
+    "CROSS_DATASET": "reliability", "CrossDatasetRule": "reliability",
     "EvalReport": "evaluate", "EvaluationError": "evaluate", "evaluate": "evaluate",
+    "RELIABILITY": "reliability", "ReliabilityRule": "reliability", "reliable_aus": "reliability",
     "TrainConfig": "train", "TrainConfigError": "train", "fit_htnet": "train", "train_checkpoint": "train",
     "train_model": "train",
 }

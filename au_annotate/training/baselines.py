@@ -18,8 +18,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from au_annotate.training.train import inner_folds as group_folds
-from au_annotate.training.train import select_thresholds
+from au_annotate.training.folds import inner_folds as group_folds
+from au_annotate.training.folds import select_thresholds
 
 LOGREG_C = 0.01
 

@@ -3,8 +3,8 @@
 Predictions of every held-out fold are pooled, then per AU: support (positives), precision, recall, F1, UAR (mean of
 the true-positive and true-negative rates) and ROC-AUC (NaN when the pooled labels hold one class only). Macro averages
 are over all AUs and over the frequent AUs (support >= ``FREQUENT``). Thresholds for HTNet and logistic regression come
-from the training folds only (see ``au_annotate.training.train``); the held-out subject is never looked at before its
-predictions are made.
+from the training folds only (see ``au_annotate.training.folds``); the held-out subject is never looked at before its
+predictions are made. The reliable AUs of a report come from ``au_annotate.training.reliability``.
 """
 
 from __future__ import annotations
@@ -27,13 +27,11 @@ from threadpoolctl import threadpool_limits
 from au_annotate.fileio import atomic_open
 from au_annotate.training.baselines import all_positive_scores, fit_logreg
 from au_annotate.training.data import AUDataset
+from au_annotate.training.reliability import FREQUENT, RELIABILITY, reliable_aus
 from au_annotate.training.train import TrainConfig, fit_htnet
 
 METHODS = ("htnet", "all_positive", "logreg")
 METRICS = ("support", "precision", "recall", "f1", "uar", "auc")
-FREQUENT = 10  # AUs with at least this many positives are "frequent" (and may be marked reliable)
-MIN_F1 = 0.4  # a reliable AU must also be usable: cross-validated F1 at least this
-MIN_AUC = 0.75  # ... and rank positives above negatives clearly (pooled LOSO ROC-AUC)
 TARGET_AUS = ("AU02", "AU04", "AU07", "AU12", "AU14")
 PROTOCOLS = ("loso", "group-kfold")
 
@@ -170,7 +168,7 @@ class EvalReport:
             "protocol": self.protocol, "n_folds": self.n_folds, "au_names": list(self.au_names),
             "recipe": self.recipe, "data": self.data, "tables": self.tables, "macro": self.macros,
             "reliable": self.reliable, "targets": self.targets, "seconds": round(self.seconds, 1),
-            "frequent_min_support": FREQUENT,
+            "frequent_min_support": FREQUENT, "reliable_rule": RELIABILITY.describe(),
         }
 
     def write(self, out_dir: str | Path) -> list[Path]:
@@ -214,20 +212,6 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_json_safe(v) for v in obj]
     return obj
-
-
-def reliable_aus(tables: dict[str, list[dict[str, Any]]], min_support: int = FREQUENT) -> list[str]:
-    """AUs whose outputs are usable: enough positives, F1 >= MIN_F1 and >= 2x all-positive, ROC-AUC >= MIN_AUC.
-
-    Usability is absolute; whether HTNet beats the pixel logistic regression is a research question the model card
-    reports separately (the LR baseline is not shipped, so it cannot stand in for an AU HTNet predicts well)."""
-    out = []
-    for h, a in zip(tables["htnet"], tables["all_positive"], strict=True):
-        auc = h.get("auc")
-        if (h["support"] >= min_support and h["f1"] >= max(MIN_F1, 2 * a["f1"])
-                and auc is not None and auc == auc and auc >= MIN_AUC):
-            out.append(h["au"])
-    return out
 
 
 def target_check(tables: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:

@@ -6,7 +6,8 @@ into (-u, v), so the angle t becomes 180 - t and the OpenCV hue h (0..179) becom
 flipped AND its hue mirrored (saturation and value kept). Translations shift by whole pixels with edge replication.
 
 Decision thresholds are chosen on the training samples only: out-of-fold probabilities from an inner group-k-fold over
-the training subjects, then per AU the threshold that maximises F1 on them (midway between the two neighbouring scores).
+the training subjects, then per AU the threshold that maximises F1 on them (``au_annotate.training.folds``). The
+reliable AUs of a checkpoint come from ``au_annotate.training.reliability``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import GroupKFold
 
-from au_annotate.flow import images_to_input
+from au_annotate.aus import emotion_softmax  # noqa: F401  (re-exported: evaluation and annotate share it)
+from au_annotate.errors import check_keys
+from au_annotate.flow import HTNET_ENCODING, SEED_ENCODING, TVL1_METHOD, flip_uv_strain, images_to_input
 from au_annotate.model import HTNet, HTNetConfig
+from au_annotate.training.folds import inner_folds, select_thresholds
+from au_annotate.training.reliability import CALIBRATED_MIN, CROSS_DATASET, RELIABILITY
+from au_annotate.weights import save_checkpoint
 
 if TYPE_CHECKING:
     from au_annotate.training.data import AUDataset
@@ -34,6 +39,9 @@ if TYPE_CHECKING:
 ProgressFn = Callable[[int, int], None]  # (done, total)
 
 MODEL_KEYS = ("patch_size", "dim", "heads", "num_hierarchies", "block_repeats", "mlp_mult", "dropout")
+
+
+LATER_DEFAULTS: dict[str, Any] = {"refit": True, "emotion_weight": 1.0}  # recipe keys added with the composite
 
 
 class TrainConfigError(ValueError):
@@ -56,6 +64,8 @@ class TrainConfig:
     translate: int = 2  # random shifts of up to this many pixels
     ensemble: int = 1  # average the probabilities of this many seeds (seed, seed+1, ...)
     inner_folds: int = 3  # inner group-k-fold for threshold selection
+    refit: bool = True  # final model(s) refit on all samples; False: the inner-fold models are the ensemble (cheaper)
+    emotion_weight: float = 1.0  # weight of the 3-class emotion cross-entropy when the data has emotion labels
     model: dict[str, Any] = field(default_factory=dict)  # HTNetConfig overrides (dim, heads, block_repeats, ...)
 
     def __post_init__(self) -> None:
@@ -65,6 +75,7 @@ class TrainConfig:
             ("batch_size", self.batch_size >= 1), ("pos_weight_cap", self.pos_weight_cap >= 1),
             ("label_smoothing", 0 <= self.label_smoothing < 0.5), ("translate", 0 <= self.translate <= 6),
             ("ensemble", self.ensemble >= 1), ("inner_folds", self.inner_folds >= 2),
+            ("emotion_weight", self.emotion_weight >= 0),
         ]
         for key, ok in checks:
             if not ok:
@@ -77,9 +88,7 @@ class TrainConfig:
                 raise TrainConfigError(
                     f"invalid training option pos_weight={self.pos_weight!r} (none, balanced or a positive number)"
                 ) from None
-        unknown = sorted(set(self.model) - set(MODEL_KEYS))
-        if unknown:
-            raise TrainConfigError(f"unknown model option(s) {', '.join(unknown)} (known: {', '.join(MODEL_KEYS)})")
+        check_keys(self.model, MODEL_KEYS, "model option", TrainConfigError)
         try:
             self.model_config(2)
         except ValueError as exc:
@@ -90,18 +99,19 @@ class TrainConfig:
         return HTNetConfig(**{**HTNetConfig().to_dict(), **self.model, "num_classes": num_classes})
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (recipe stored in checkpoints and reports)."""
+        """Plain dict (recipe stored in checkpoints and reports); keys added later appear only when not at their default,
+        so recipes written before them still compare equal."""
         d = asdict(self)
         d["model"] = dict(self.model)
+        for key, default in LATER_DEFAULTS.items():
+            if d[key] == default:
+                del d[key]
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """Build from a dict; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TrainConfigError(f"unknown training option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        check_keys(d, (f.name for f in fields(cls)), "training option", TrainConfigError)
         values = dict(d)
         if "pos_weight" in values:
             values["pos_weight"] = str(values["pos_weight"])
@@ -183,25 +193,63 @@ def _pos_weight(labels: np.ndarray, cfg: TrainConfig) -> torch.Tensor | None:
     return torch.full((labels.shape[1],), float(cfg.pos_weight), dtype=torch.float32)
 
 
+@dataclass(frozen=True)
+class Targets:
+    """What a sample is trained on besides its AU labels: which rows have AU labels, and the emotion class index."""
+
+    au_mask: np.ndarray | None = None  # bool (N,); None = every row has AU labels
+    emotions: np.ndarray | None = None  # int (N,), -1 unknown; None = no emotion outputs
+    n_emotions: int = 0  # emotion outputs appended after the AU outputs (0 = AU model only)
+
+    def take(self, idx: np.ndarray) -> Targets:
+        """The targets of the samples at idx."""
+        return Targets(None if self.au_mask is None else self.au_mask[idx],
+                       None if self.emotions is None else self.emotions[idx], self.n_emotions)
+
+    def mask(self, n: int) -> np.ndarray:
+        """bool (n,): rows with AU labels."""
+        return np.ones(n, bool) if self.au_mask is None else np.asarray(self.au_mask, bool)
+
+
+NO_TARGETS = Targets()
+
+
+def flip_for(encoding: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The horizontal mirror that respects an encoding: hue mirrored (seed HSV) or u negated (HTNet u/v/strain)."""
+    if encoding == HTNET_ENCODING:
+        return flip_uv_strain
+    if encoding == SEED_ENCODING:
+        return flip_pictures
+    raise ValueError(f"unknown flow encoding {encoding!r}")
+
+
 def train_model(
     images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, *, seed: int | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None, targets: Targets = NO_TARGETS, encoding: str = SEED_ENCODING,
 ) -> HTNet:
-    """Train one HTNet on uint8 RGB pictures (N, 28, 28, 3) and 0/1 labels (N, K); same inputs -> same weights."""
+    """Train one HTNet on uint8 RGB pictures (N, 28, 28, 3) and 0/1 labels (N, K); same inputs -> same weights.
+
+    With targets.n_emotions > 0 the model has K + E outputs: masked BCE on the AU outputs (rows with AU labels) plus
+    emotion_weight x cross-entropy on the emotion outputs (rows with a known emotion)."""
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need matching non-empty images and labels, got {len(images)} and {len(labels)}")
     seed = cfg.seed if seed is None else seed
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(images_to_input(images))
-    x_flip = torch.from_numpy(images_to_input(flip_pictures(images))) if cfg.flip else None
+    x_flip = torch.from_numpy(images_to_input(flip_for(encoding)(images))) if cfg.flip else None
+    mask_np = targets.mask(len(images))
     y = torch.from_numpy(labels.astype(np.float32))
     if cfg.label_smoothing:
         y = y * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
-    pos_weight = _pos_weight(labels, cfg)
+    au_mask = torch.from_numpy(mask_np.astype(np.float32))
+    n_emo = targets.n_emotions
+    emo = torch.from_numpy(np.asarray(targets.emotions, np.int64)) if n_emo else None
+    pos_weight = _pos_weight(labels[mask_np], cfg) if mask_np.any() else None
+    k = labels.shape[1]
     n = len(x)
     steps = math.ceil(n / cfg.batch_size)
     with _deterministic(seed):
-        model = HTNet.from_config(cfg.model_config(labels.shape[1]))
+        model = HTNet.from_config(cfg.model_config(k + n_emo))
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         model.train()
         for epoch in range(cfg.epochs):
@@ -216,7 +264,15 @@ def train_model(
                     t = cfg.translate
                     xb = _shift(xb, rng.integers(-t, t + 1, len(idx)), rng.integers(-t, t + 1, len(idx)), t)
                 opt.zero_grad(set_to_none=True)
-                loss = F.binary_cross_entropy_with_logits(model(xb), y[idx], pos_weight=pos_weight)
+                out = model(xb)
+                m = au_mask[idx]
+                bce = F.binary_cross_entropy_with_logits(out[:, :k], y[idx], pos_weight=pos_weight, reduction="none")
+                loss = (bce.mean(1) * m).sum() / m.sum().clamp(min=1.0)
+                if emo is not None:
+                    e = emo[idx]
+                    known = e >= 0
+                    if bool(known.any()):
+                        loss = loss + cfg.emotion_weight * F.cross_entropy(out[known, k:], e[known])
                 loss.backward()
                 opt.step()
             if progress is not None:
@@ -237,7 +293,8 @@ def predict_proba(model: HTNet, images: np.ndarray, batch_size: int = 256) -> np
 
 
 def train_ensemble(
-    images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, progress: ProgressFn | None = None
+    images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, progress: ProgressFn | None = None,
+    targets: Targets = NO_TARGETS, encoding: str = SEED_ENCODING,
 ) -> list[HTNet]:
     """cfg.ensemble models with seeds seed, seed+1, ... (one model when ensemble == 1)."""
     models = []
@@ -246,64 +303,14 @@ def train_ensemble(
             if progress is not None:
                 progress(k * total + done, cfg.ensemble * total)
 
-        models.append(train_model(images, labels, cfg, seed=cfg.seed + k, progress=prog))
+        models.append(train_model(images, labels, cfg, seed=cfg.seed + k, progress=prog, targets=targets,
+                                  encoding=encoding))
     return models
 
 
 def ensemble_proba(models: list[HTNet], images: np.ndarray) -> np.ndarray:
     """Mean probability of the models."""
     return np.mean([predict_proba(m, images) for m in models], axis=0).astype(np.float32)
-
-
-# -------------------------------------------------------------------------------------------------------- thresholds
-
-
-def best_f1_threshold(y: np.ndarray, scores: np.ndarray) -> float:
-    """Threshold on `scores` maximising F1 for 0/1 `y` (predict positive when score >= threshold).
-
-    The threshold sits midway between the lowest score predicted positive and the next lower score, so it generalises
-    instead of sitting exactly on a training score. No positives: 1.0 plus a margin above every score (never fires).
-    Ties in F1 go to the higher threshold (fewer positives)."""
-    y = np.asarray(y).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    if not y.any():
-        return float(max(1.0, s.max(initial=0.0)) + 1e-6) if s.size else 1.0
-    order = np.argsort(-s, kind="stable")
-    s_sorted, y_sorted = s[order], y[order]
-    tp = np.cumsum(y_sorted)
-    fp = np.cumsum(~y_sorted)
-    # only cut where the score changes (a threshold cannot split tied scores)
-    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
-    f1 = np.where(last, 2 * tp / (2 * tp + fp + (y.sum() - tp)), -1.0)
-    k = int(np.argmax(f1))  # first maximum = highest threshold among ties
-    lower = s_sorted[k + 1] if k + 1 < len(s_sorted) else s_sorted[k] - 1e-3
-    return float((s_sorted[k] + lower) / 2)
-
-
-def select_thresholds(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Per-AU best-F1 thresholds (float32 (K,)) from out-of-fold scores of training samples, clipped to [0, 1]."""
-    thr = [best_f1_threshold(labels[:, j], scores[:, j]) for j in range(labels.shape[1])]
-    return np.clip(np.asarray(thr, dtype=np.float32), 0.0, 1.0)
-
-
-def inner_folds(groups: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Group-k-fold splits over `groups` (k capped at the number of groups); deterministic."""
-    n_groups = len(np.unique(groups))
-    k = min(k, n_groups)
-    if k < 2:
-        raise ValueError(f"need at least 2 subjects for inner folds, got {n_groups}")
-    return list(GroupKFold(n_splits=k).split(np.zeros(len(groups)), groups=groups))
-
-
-def oof_scores(
-    images: np.ndarray, labels: np.ndarray, groups: np.ndarray, fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    k: int,
-) -> np.ndarray:
-    """Out-of-fold scores over an inner group-k-fold: fit_predict(train_idx, test_idx) -> scores of test_idx."""
-    scores = np.zeros(labels.shape, dtype=np.float32)
-    for tr, te in inner_folds(groups, k):
-        scores[te] = fit_predict(tr, te)
-    return scores
 
 
 @dataclass
@@ -320,11 +327,15 @@ class FittedHTNet:
 
 
 def fit_htnet(
-    images: np.ndarray, labels: np.ndarray, groups: np.ndarray, cfg: TrainConfig, progress: ProgressFn | None = None
+    images: np.ndarray, labels: np.ndarray, groups: np.ndarray, cfg: TrainConfig, progress: ProgressFn | None = None,
+    targets: Targets = NO_TARGETS, encoding: str = SEED_ENCODING,
 ) -> FittedHTNet:
-    """Thresholds from inner group-k-fold OOF predictions on these samples, then the final model(s) on all of them."""
+    """Thresholds from inner group-k-fold OOF predictions on these samples, then the final model(s) on all of them.
+
+    cfg.refit False: no final fit, the inner-fold models together are the ensemble (one training's cost less).
+    Thresholds use only the rows with AU labels."""
     folds = inner_folds(groups, cfg.inner_folds)
-    total = (len(folds) + 1) * cfg.ensemble * cfg.epochs
+    total = (len(folds) + int(cfg.refit)) * cfg.ensemble * cfg.epochs
     done = [0]
 
     def stage(offset: int) -> ProgressFn:
@@ -334,13 +345,17 @@ def fit_htnet(
 
         return prog
 
-    oof = np.zeros(labels.shape, dtype=np.float32)
+    k = labels.shape[1]
+    oof = np.zeros((len(labels), k + targets.n_emotions), dtype=np.float32)
+    inner: list[HTNet] = []
     for tr, te in folds:
-        models = train_ensemble(images[tr], labels[tr], cfg, stage(done[0]))
+        models = train_ensemble(images[tr], labels[tr], cfg, stage(done[0]), targets.take(tr), encoding)
         done[0] += cfg.ensemble * cfg.epochs
         oof[te] = ensemble_proba(models, images[te])
-    thresholds = select_thresholds(labels, oof)
-    models = train_ensemble(images, labels, cfg, stage(done[0]))
+        inner += models
+    mask = targets.mask(len(labels))
+    thresholds = select_thresholds(labels[mask], oof[mask, :k])
+    models = train_ensemble(images, labels, cfg, stage(done[0]), targets, encoding) if cfg.refit else inner
     return FittedHTNet(models, thresholds, oof)
 
 
@@ -364,39 +379,84 @@ def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
 # ------------------------------------------------------------------------------------------------------ checkpoints
 
 
+def checkpoint_metrics(eval_report: Mapping[str, Any], reliable: list[str], rule_text: str) -> dict[str, Any]:
+    """The evaluation report as stored in a checkpoint: its `reliable` and `reliable_rule` are what the checkpoint applied.
+
+    A report written under an older rule lists other AUs; its own values are kept under `as_reported` so the stored
+    metrics never contradict the checkpoint's reliable mask and nothing of the report is lost."""
+    metrics = dict(eval_report)
+    own = {k: metrics[k] for k in ("reliable", "reliable_rule") if k in metrics}
+    if own.get("reliable", reliable) != reliable or own.get("reliable_rule", rule_text) != rule_text:
+        metrics["as_reported"] = own
+    metrics["reliable"] = list(reliable)
+    metrics["reliable_rule"] = rule_text
+    return metrics
+
+
+def _reliable_from_report(dataset: AUDataset, cfg: TrainConfig, eval_report: Mapping[str, Any]) -> tuple[
+    list[str], str, dict[str, Any]
+]:
+    """(reliable AUs, rule text, metrics to store) from an evaluation report made with this recipe on this data.
+
+    A LOSO + LODO report (``rows``, from ``training.crossdata``) gets the cross-dataset rule; an older per-method report
+    (``tables``) the original rule. Either way the rule in code decides, not a list copied from the file."""
+    try:
+        same = TrainConfig.from_dict(dict(eval_report.get("recipe", {}))).to_dict() == cfg.to_dict()
+    except TrainConfigError:
+        same = False
+    if not same:
+        raise TrainConfigError("the evaluation report was made with another recipe; re-run evaluate with this one")
+    if eval_report.get("data", {}).get("files_sha256") != dataset.identity.get("files_sha256"):
+        raise TrainConfigError("the evaluation report was made on other data (files_sha256 differs)")
+    if list(eval_report.get("au_names", [])) != list(dataset.au_names):
+        raise TrainConfigError("the evaluation report has another AU label space")
+    if "rows" in eval_report:
+        try:
+            verdicts = CROSS_DATASET.verdicts(eval_report)
+        except (KeyError, TypeError) as exc:
+            raise TrainConfigError(f"the evaluation report cannot decide the reliable AUs ({exc})") from exc
+        chosen = [au for au, v in verdicts.items() if v["reliable"]]
+        metrics = dict(eval_report)
+        metrics["reliable"] = chosen
+        metrics["reliable_rule"] = CROSS_DATASET.describe()
+        metrics["verdicts"] = verdicts
+        return chosen, CROSS_DATASET.describe(), metrics
+    try:
+        chosen = RELIABILITY.apply(eval_report["tables"])
+    except (KeyError, TypeError) as exc:
+        raise TrainConfigError(f"the evaluation report has no per-AU tables ({exc})") from exc
+    rule_text = RELIABILITY.describe()
+    return chosen, rule_text, checkpoint_metrics(eval_report, chosen, rule_text)
+
+
 def train_checkpoint(
     dataset: AUDataset, cfg: TrainConfig, out_path: str | Path, *, eval_report: Mapping[str, Any] | None = None,
     progress: ProgressFn | None = None,
 ) -> tuple[str, FittedHTNet, list[bool]]:
     """Train on every sample of `dataset` (an AUDataset), choose thresholds by inner CV, write a checkpoint.
 
-    eval_report: the metrics.json of an evaluation run with the SAME recipe and data; it supplies the reliable mask
-    (frequent AUs that beat both baselines) and the metrics stored in the checkpoint. Without it, reliable = AUs with at
-    least 10 positives and the checkpoint says that no cross-validated metrics back it. Returns (sha256, fit, reliable).
-    """
-    from au_annotate.training.evaluate import FREQUENT, MIN_F1, reliable_aus
-    from au_annotate.weights import save_checkpoint
-
+    eval_report: the metrics.json of an evaluation run (or LOSO + LODO merged) with the SAME recipe and data; the rule
+    in code applied to it gives the reliable mask, and the report is stored in the checkpoint. Without it, reliable =
+    AUs with enough positives and the checkpoint says that no cross-validated metrics back it. With emotion labels the
+    model gets the 3-class emotion outputs after the AU outputs (``emotion_classes`` in the checkpoint). AUs with fewer
+    than CALIBRATED_MIN positives get no usable threshold (``calibrated`` False). Returns (sha256, fit, reliable)."""
     if cfg.ensemble != 1:
         raise TrainConfigError("train writes one model per checkpoint: use ensemble = 1 (ensembles are for evaluate)")
+    metrics: dict[str, Any] | None = None
     if eval_report is not None:
-        if dict(eval_report.get("recipe", {})) != cfg.to_dict():
-            raise TrainConfigError("the evaluation report was made with another recipe; re-run evaluate with this one")
-        if eval_report.get("data", {}).get("files_sha256") != dataset.identity.get("files_sha256"):
-            raise TrainConfigError("the evaluation report was made on other data (files_sha256 differs)")
-        if list(eval_report.get("au_names", [])) != list(dataset.au_names):
-            raise TrainConfigError("the evaluation report has another AU label space")
-        try:
-            rel = set(reliable_aus(eval_report["tables"]))  # the rule in code, not a list copied from the file
-        except (KeyError, TypeError) as exc:
-            raise TrainConfigError(f"the evaluation report has no per-AU tables ({exc})") from exc
-        reliable = [au in rel for au in dataset.au_names]
+        chosen, rule_text, metrics = _reliable_from_report(dataset, cfg, eval_report)
     else:
-        reliable = [bool(s >= FREQUENT) for s in dataset.labels.sum(0)]
-    fit = fit_htnet(dataset.images, dataset.labels, dataset.subjects, cfg, progress)
-    model = fit.models[0]
-    positives = {au: int(s) for au, s in zip(dataset.au_names, dataset.labels.sum(0), strict=True)}
+        chosen = RELIABILITY.apply_without_metrics(dataset.au_names, dataset.labels[dataset.au_mask].sum(0))
+        rule_text = RELIABILITY.describe_without_metrics()
+    reliable = [au in chosen for au in dataset.au_names]
+    n_emo = len(dataset.emotion_classes) if dataset.emotions is not None else 0
+    targets = Targets(au_mask=dataset.au_known, emotions=dataset.emotions, n_emotions=n_emo)
+    fit = fit_htnet(dataset.images, dataset.labels, dataset.subjects, cfg, progress, targets, dataset.encoding)
+    counts = dataset.labels[dataset.au_mask].sum(0)
+    positives = {au: int(s) for au, s in zip(dataset.au_names, counts, strict=True)}
+    calibrated = [int(s) >= CALIBRATED_MIN for s in counts]
     meta = {
+        "input": {"encoding": dataset.encoding},
         "training": {
             "data": dict(dataset.identity),
             "missing_images": list(dataset.missing),
@@ -404,14 +464,18 @@ def train_checkpoint(
             "label_rule": "AU present at any intensity/side, ref(..) counts, 'X or Y' counts every option (facs rule 'all')",
             "recipe": cfg.to_dict(),
             "thresholds": "per-AU best F1 on inner group-k-fold out-of-fold probabilities over the training subjects",
-            "reliable_rule": (
-                f"support >= {FREQUENT}, cross-validated F1 >= {MIN_F1}, >= 2x all-positive and > logistic regression"
-            ),
+            "reliable_rule": rule_text,
+            "calibrated_rule": f"an AU's threshold is used only with >= {CALIBRATED_MIN} training positives",
         },
-        "metrics": dict(eval_report) if eval_report is not None else None,
+        "calibrated": calibrated,
+        "metrics": metrics,
     }
+    if dataset.encoding != SEED_ENCODING:
+        meta["flow"] = {"method": TVL1_METHOD, "library": "cv2.optflow.DualTVL1OpticalFlow_create (defaults)"}
+    names = list(dataset.au_names)
+    config = fit.models[0].config
     sha = save_checkpoint(
-        out_path, model, config=model.config, au_names=dataset.au_names, thresholds=fit.thresholds, reliable=reliable,
-        meta=meta,
+        out_path, fit.models, config=config, au_names=names, thresholds=fit.thresholds, reliable=reliable,
+        meta=meta, emotion_classes=dataset.emotion_classes if n_emo else (),
     )
     return sha, fit, reliable

@@ -36,11 +36,12 @@ LEAD_COLUMNS: tuple[str, ...] = (
     "offset_s",
     "duration_s",
     "score",
+    "quality",  # ok | occlusion | head_motion | tracking_lost | lighting (au_annotate.quality)
 )
-TAIL_COLUMNS: tuple[str, ...] = ("aus", "emotion", "rule")
+TAIL_COLUMNS: tuple[str, ...] = ("aus", "emotion", "rule", "emotion_model", "emotion_model_p")
 INT_COLUMNS: tuple[str, ...] = ("segment_id", "onset_frame", "apex_frame", "offset_frame")
 FLOAT_COLUMNS: tuple[str, ...] = ("onset_s", "apex_s", "offset_s", "duration_s", "score")
-STRING_COLUMNS: tuple[str, ...] = ("video", "face_id", "kind", "aus", "emotion", "rule")
+STRING_COLUMNS: tuple[str, ...] = ("video", "face_id", "kind", "quality", "aus", "emotion", "rule", "emotion_model")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class WriteContext:
     au_tiers: bool = False  # EAF/TextGrid: one tier per AU as well
     input_root: Path | None = None
     au_names: tuple[str, ...] = ()  # the model's AU order; gives a zero-segment CSV its AU columns
+    uncalibrated: tuple[str, ...] = ()  # reported AUs without a calibrated threshold (no `_c` column), for that header
 
 
 class Writer(ABC):
@@ -133,11 +135,11 @@ def au_names_of(segments: Sequence[Segment], default: Sequence[str] = ()) -> tup
     return names if names is not None else tuple(default)
 
 
-def csv_columns(au_names: Sequence[str]) -> list[str]:
-    """The stable CSV column names for a model's AU order."""
+def csv_columns(au_names: Sequence[str], uncalibrated: Sequence[str] = ()) -> list[str]:
+    """The stable CSV column names for a model's AU order (no `_c` for AUs without a calibrated threshold)."""
     cols = list(LEAD_COLUMNS)
     for name in au_names:
-        cols += [f"{name}_p", f"{name}_c"]
+        cols += [f"{name}_p"] if name in uncalibrated else [f"{name}_p", f"{name}_c"]
     return cols + list(TAIL_COLUMNS)
 
 
@@ -157,11 +159,12 @@ def _flatten(results_or_segments: Iterable[VideoResult | Segment] | VideoResult)
 
 
 def segments_dataframe(
-    results_or_segments: Iterable[VideoResult | Segment] | VideoResult, au_names: Sequence[str] = ()
+    results_or_segments: Iterable[VideoResult | Segment] | VideoResult, au_names: Sequence[str] = (),
+    uncalibrated: Sequence[str] = (),
 ) -> pd.DataFrame:
     """The segment table with exactly the CSV columns and dtypes (int64 frames and `_c`, float64 times/probs, str).
 
-    `au_names` gives the AU columns when there are no segments (a header-only table)."""
+    `au_names` and `uncalibrated` give the AU columns when there are no segments (a header-only table)."""
     segments = _flatten(results_or_segments)
     names = au_names_of(segments, au_names)
     data: dict[str, Any] = {}
@@ -173,12 +176,17 @@ def segments_dataframe(
         data[col] = np.array([getattr(s, col) for s in segments], dtype=np.int64)
     for col in FLOAT_COLUMNS:
         data[col] = np.array([getattr(s, col) for s in segments], dtype=np.float64)
+    data["quality"] = pd.array([getattr(s, "quality", "ok") for s in segments], dtype=object)
     probs = np.array([np.asarray(s.probs, dtype=np.float64) for s in segments]).reshape(len(segments), len(names))
     present = np.array([np.asarray(s.present, dtype=bool) for s in segments]).reshape(len(segments), len(names))
+    uncal = tuple(segments[0].uncalibrated) if segments else tuple(uncalibrated)
     for j, name in enumerate(names):
         data[f"{name}_p"] = probs[:, j]
-        data[f"{name}_c"] = present[:, j].astype(np.int64)
+        if name not in uncal:
+            data[f"{name}_c"] = present[:, j].astype(np.int64)
     data["aus"] = pd.array([s.aus or "" for s in segments], dtype=object)
     data["emotion"] = pd.array([s.emotion or "" for s in segments], dtype=object)
     data["rule"] = pd.array([s.rule or "" for s in segments], dtype=object)
-    return pd.DataFrame(data, columns=csv_columns(names))
+    data["emotion_model"] = pd.array([s.emotion_model or "" for s in segments], dtype=object)
+    data["emotion_model_p"] = np.array([s.emotion_model_p for s in segments], dtype=np.float64)
+    return pd.DataFrame(data, columns=csv_columns(names, uncal))

@@ -101,7 +101,8 @@ class CSVWriter(Writer):
 
     def write(self, result: VideoResult, path: Path, ctx: WriteContext) -> None:
         """Write one video's segments (header only when there are none)."""
-        df = segments_dataframe(result, au_names=au_names_of(result.segments, ctx.au_names))
+        df = segments_dataframe(result, au_names=au_names_of(result.segments, ctx.au_names),
+                                uncalibrated=ctx.uncalibrated)
         extra = [("video", json.dumps(result.job.rel.as_posix(), ensure_ascii=False)), ("status", result.status)]
         if result.error:
             extra.append(("error", result.error))
@@ -116,7 +117,7 @@ class CSVWriter(Writer):
 def write_combined_csv(results: Sequence[VideoResult], path: Path, ctx: WriteContext) -> Path:
     """Write the dataset-level `segments.csv` with the segments of every video, in the order given."""
     segments = [s for r in results for s in r.segments]
-    df = segments_dataframe(segments, au_names=au_names_of(segments, ctx.au_names))
+    df = segments_dataframe(segments, au_names=au_names_of(segments, ctx.au_names), uncalibrated=ctx.uncalibrated)
     done = sum(1 for r in results if r.status in ("done", "skipped"))  # skipped = reused from an earlier run
     extra = [("videos", f"{len(results)} ({done} done)"), ("segments", str(len(segments)))]
     return write_segments_csv(path, df, _header_lines(ctx, extra))

@@ -4,10 +4,15 @@
   the video (`./clip.mp4`, `../videos/clip.mp4`), both written unescaped as ELAN itself does, with the MIME type from
   the extension (`video/mp4`, `video/quicktime`, ...; `video/*` when unknown).
 - Tiers (see au_annotate/writers/tiers.py for the overlap and zero-length rules): `segments` (value `micro 0.83`),
-  `AUs` (the active code `4+7`, only where some AU is active), `emotion` (only where a rule fired), and with
+  `AUs` (the active code `4+7`, only where some AU is active), `emotion` (the FACS-rule emotion, only where a rule
+  fired), `emotion_model` (the model's 3-class emotion with its probability, `negative 0.81`, when the checkpoint has
+  an emotion head), and with
   `au_tiers` one tier per AU in the model's order (`AU04`, value `AU04`, where that AU is present). The `AU` and
   `emotion` tiers have linguistic types bound to controlled vocabularies (AU names with FACS descriptions; emotions).
   Tier PARTICIPANT = face id.
+- Review tiers for a FACS coder (au_annotate/review/schema.py), per face and lane like the others: `review`
+  (controlled vocabulary unreviewed / confirmed / corrected / rejected, `unreviewed` on every window) and
+  `AUs (coder)` (free text prefilled with the tool's code; read back by `au-annotate review-import`).
 - Header properties `au-annotate:tool_version`, `:model_name`, `:model_sha256`, `:settings` (JSON), `:created`,
   `:video`, `:status`.
 """
@@ -23,6 +28,7 @@ import pympi
 from au_annotate.fileio import atomic_open
 from au_annotate.records import VideoResult
 from au_annotate.writers.base import TOOL_NAME, WriteContext, Writer, au_names_of, run_metadata, settings_json
+from au_annotate.writers.review_schema import CODER_TIER, DECISIONS, REVIEW_CV, REVIEW_LINGTYPE, REVIEW_TIER, UNREVIEWED
 from au_annotate.writers.tiers import au_description, plan_video, segment_label, tier_name
 
 MIME_TYPES: dict[str, str] = {
@@ -108,6 +114,7 @@ def build_eaf(result: VideoResult, eaf_path: Path, ctx: WriteContext) -> pympi.E
     _add_cv_type(eaf, "emotion", "emotions", [(e, "") for e in emotions])
     if ctx.au_tiers:
         _add_cv_type(eaf, "AU", "AUs", [(n, au_description(n)) for n in au_names])
+    _add_cv_type(eaf, REVIEW_LINGTYPE, REVIEW_CV, list(DECISIONS))  # coder review (au_annotate/review/schema.py)
 
     fps = result.info.fps if result.info is not None else None
     faces, lanes, spans = plan_video(segments, fps)
@@ -117,6 +124,9 @@ def build_eaf(result: VideoResult, eaf_path: Path, ctx: WriteContext) -> pympi.E
             eaf.add_tier(tier_name("segments", face, lane, multi), ling="segment", part=face)
             eaf.add_tier(tier_name("AUs", face, lane, multi), ling="AU-code", part=face)
             eaf.add_tier(tier_name("emotion", face, lane, multi), ling="emotion", part=face)
+            eaf.add_tier(tier_name("emotion_model", face, lane, multi), ling="segment", part=face)
+            eaf.add_tier(tier_name(REVIEW_TIER, face, lane, multi), ling=REVIEW_LINGTYPE, part=face)
+            eaf.add_tier(tier_name(CODER_TIER, face, lane, multi), ling="AU-code", part=face)
             if ctx.au_tiers:
                 for name in au_names:
                     eaf.add_tier(tier_name(name, face, lane, multi), ling="AU", part=face)
@@ -125,11 +135,18 @@ def build_eaf(result: VideoResult, eaf_path: Path, ctx: WriteContext) -> pympi.E
         s = span.segment
         face = str(s.face_id)
         t = (span.start_ms, span.end_ms)
-        eaf.add_annotation(tier_name("segments", face, span.lane, multi), *t, value=segment_label(s))
+        quality = getattr(s, "quality", "ok")  # a gated window (spot = {gated = "label"}): `micro 0.83 head_motion`
+        label = segment_label(s) if quality == "ok" else f"{segment_label(s)} {quality}"
+        eaf.add_annotation(tier_name("segments", face, span.lane, multi), *t, value=label)
+        eaf.add_annotation(tier_name(REVIEW_TIER, face, span.lane, multi), *t, value=UNREVIEWED)
+        eaf.add_annotation(tier_name(CODER_TIER, face, span.lane, multi), *t, value=s.aus or "")
         if s.aus:
             eaf.add_annotation(tier_name("AUs", face, span.lane, multi), *t, value=s.aus)
         if s.emotion:
             eaf.add_annotation(tier_name("emotion", face, span.lane, multi), *t, value=s.emotion)
+        if s.emotion_model:
+            eaf.add_annotation(tier_name("emotion_model", face, span.lane, multi), *t,
+                               value=f"{s.emotion_model} {s.emotion_model_p:.2f}")
         if ctx.au_tiers:
             for name, present in zip(s.au_names, s.present, strict=True):
                 if bool(present):

@@ -6,7 +6,7 @@ Shape (``schema`` = "au-annotate/segments-v1")::
      "video": {path, rel, status, error, info: {backend, pixels, width, height, fps, n_frames, duration_s} | null,
                frames, frames_with_face, faces, elapsed_s},
      "au_names": ["AU04", ...],
-     "segments": [{face_id, segment_id, kind, onset_frame, apex_frame, offset_frame, onset_s, apex_s, offset_s,
+     "segments": [{video, face_id, segment_id, kind, onset_frame, apex_frame, offset_frame, onset_s, apex_s, offset_s,
                    duration_s, score, aus, active: ["AU04", ...], emotion, rule, probs: {"AU04": 0.91, ...}}]}
 """
 
@@ -25,11 +25,15 @@ SCHEMA = "au-annotate/segments-v1"
 
 def segment_dict(s: Segment) -> dict[str, Any]:
     """One segment as a JSON object (the CSV's values, with probabilities keyed by AU name)."""
-    out: dict[str, Any] = {c: getattr(s, c) for c in LEAD_COLUMNS if c != "video"}
+    out: dict[str, Any] = {c: getattr(s, c) for c in LEAD_COLUMNS}  # `video` first, as in the CSV
     out["aus"] = s.aus
     out["active"] = [n for n, p in zip(s.au_names, s.present, strict=True) if bool(p)]
     out["emotion"] = s.emotion
     out["rule"] = s.rule
+    out["emotion_model"] = s.emotion_model
+    out["emotion_model_p"] = None if s.emotion_model_p != s.emotion_model_p else float(s.emotion_model_p)
+    if s.uncalibrated:
+        out["uncalibrated"] = list(s.uncalibrated)
     out["probs"] = {n: float(p) for n, p in zip(s.au_names, s.probs, strict=True)}
     return jsonable(out)
 

@@ -1,15 +1,23 @@
 """HTML run report: one self-contained page (no network, no CDN) to look at what a run found.
 
 Top: run overview (videos by status, segments by kind, video time, top AUs, emotions, failures with reasons, the
-model and settings). Per video: a timeline of the spotting signal with the windows marked (micro / macro / blink),
-a heatmap of AU probabilities per segment, and a sortable segment table whose rows show times, score, code, emotion,
-rule, per-AU probability bars (present AUs highlighted) and the 28x28 flow picture the model saw, enlarged 4x
-(plus the apex face crop when the record carries one in an `apex_crop` field).
+model and settings). Per video: a timeline of the spotting signals with the windows marked, a heatmap of AU
+probabilities per segment, and a sortable segment table whose rows show times, score, code, emotion, rule, per-AU
+probability bars (present AUs highlighted) and the 28x28 flow picture the model saw, enlarged 4x (plus the apex face
+crop when the record carries one in an `apex_crop` field).
+
+The timeline draws both detectors' signals from `VideoResult.signal` (micro on the left axis, macro on the right, each
+in the colour of the windows it finds), shades micro / macro windows, and shows the windows the outputs leave out
+(`VideoResult.unreported`: blinks) as grey hatched bands labelled "not reported", so no tall peak goes unexplained.
+Its width grows with the video up to the page width and long videos are split into stacked rows of ROW_S seconds, so
+a 0.3 s micro-expression stays several pixels wide in a 10 min video; the pictures are shown 1:1, never shrunk, so
+their 10 pt text stays readable.
 
 Plots are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend change) and embedded as
 base64 PNG; text is HTML-escaped. A plot that fails is replaced by a `<div class="plot-error">` with the reason, so a
-bad signal never costs the run its report. A tiny inline script makes the tables sortable and sets
-`<body data-ready="1">` once it has run (the browser test checks it).
+bad signal never costs the run its report. A tiny inline script makes the tables sortable and, once the page has
+loaded, records each plot's shown and natural width (`data-shown-width`, `data-natural-width`) and sets
+`<body data-ready="1">` (the browser test checks them).
 """
 
 from __future__ import annotations
@@ -19,13 +27,19 @@ import html
 import io
 import json
 import logging
+import math
+import struct
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 
 from au_annotate.fileio import atomic_open
 from au_annotate.records import RunReport, Segment, VideoResult
@@ -35,6 +49,21 @@ from au_annotate.writers.tiers import au_description
 log = logging.getLogger(__name__)
 
 KIND_COLORS = {"micro": "#d62728", "macro": "#1f77b4", "blink": "#7f7f7f"}
+OTHER_COLOR = "#2ca02c"  # windows of any other kind
+UNREPORTED_COLOR = "#6f6f6f"  # windows the outputs leave out (blinks): grey, hatched
+MICRO_SIGNAL_COLOR = "#8b1a1a"  # each signal in a darker shade of the colour of the windows it found
+MACRO_SIGNAL_COLOR = "#14507a"
+PLOT_DPI = 100
+FONT_PT = 10  # text in every plot: shown 1:1 at 100 dpi, 10 pt is ~14 px, about the page's own text
+ROW_S = 30.0  # seconds of video per timeline row (longer rows only when a video would need over MAX_TIMELINE_ROWS)
+MAX_TIMELINE_ROWS = 20
+TIMELINE_MIN_PX = 480  # timeline width of a very short video: room for the axes' labels and the legend
+TIMELINE_PX_PER_S = 24  # the width grows with the video (the row) ...
+TIMELINE_MAX_PX = 1200  # ... up to the page's content width (1248 px), so it is never shrunk by the browser
+TIMELINE_ROW_PX = 130  # height of one row
+TIMELINE_EXTRA_PX = 80  # legend and time axis label
+TIMELINE_COLORS = 64  # palette size of the timeline PNG
+LEGEND_ENTRY_PX = 170  # legend columns: one per this many px of width
 MAX_ROWS_PER_VIDEO = 500  # table rows (and flow pictures) per video; the rest are counted and left to the CSV
 MAX_HEATMAP_ROWS = 150
 FLOW_SCALE = 4
@@ -75,7 +104,14 @@ document.querySelectorAll('table.sortable').forEach(function (t) {
     });
   });
 });
-document.body.dataset.ready = '1';
+window.addEventListener('load', function () {
+  // the pixel size each plot is shown at next to its own: a plot shrunk by the browser has shrunk text
+  document.querySelectorAll('img.plot').forEach(function (im) {
+    im.dataset.shownWidth = String(Math.round(im.getBoundingClientRect().width));
+    im.dataset.naturalWidth = String(im.naturalWidth);
+  });
+  document.body.dataset.ready = '1';
+});
 """
 
 
@@ -84,12 +120,25 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fig_png(fig: Figure) -> str:
-    """Render a matplotlib figure (Agg canvas) to a base64 PNG data URI."""
-    FigureCanvasAgg(fig)
+def _fig_png(fig: Figure, tight: bool = True, colors: int = 0) -> tuple[str, int, int]:
+    """Render a matplotlib figure (Agg canvas) to a base64 PNG data URI, with the picture's width and height in px.
+
+    `tight=False` keeps the figure's own size (the timeline is laid out to an exact width); `colors` > 0 stores a
+    palette PNG of that many colours, which keeps a long video's timeline (millions of pixels of antialiased lines)
+    at about a third of the bytes without a visible change."""
+    canvas = FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    if colors and not tight:
+        from PIL import Image  # matplotlib's own dependency
+
+        canvas.draw()
+        rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+        Image.fromarray(rgb).quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(buf, "png", optimize=True)
+    else:
+        fig.savefig(buf, format="png", dpi=PLOT_DPI, **({"bbox_inches": "tight"} if tight else {}))
+    png = buf.getvalue()
+    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk: every PNG starts with it
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii"), width, height
 
 
 def _array_png(image: np.ndarray, scale: int = 1) -> str:
@@ -109,53 +158,176 @@ def _array_png(image: np.ndarray, scale: int = 1) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _plot(alt: str, draw) -> str:  # noqa: ANN001 - draw: () -> Figure | None
-    """An <img> of the figure `draw()` makes, or a plot-error div naming why it could not be drawn."""
+def _plot(
+    alt: str,
+    draw: Callable[[], Figure | None],
+    cls: str = "",
+    tight: bool = True,
+    colors: int = 0,
+    describe: Callable[[Figure], Mapping[str, object]] | None = None,
+) -> str:
+    """An <img> of the figure `draw()` makes (its pixel size in width/height), or a plot-error div naming why it could
+    not be drawn; `cls` and the attributes `describe(fig)` returns go onto the <img>."""
     try:
         fig = draw()
         if fig is None:
             return ""
-        return f'<img class="plot" alt="{_e(alt)}" src="{_fig_png(fig)}">'
+        src, width, height = _fig_png(fig, tight, colors)
+        attrs = describe(fig) if describe is not None else {}
     except Exception as exc:  # a broken plot must not cost the report
         log.warning("report: cannot draw %s: %s", alt, exc)
         return f'<div class="plot-error">cannot draw {_e(alt)}: {_e(type(exc).__name__)}: {_e(exc)}</div>'
+    extra = "".join(f' {k}="{_e(v)}"' for k, v in attrs.items())
+    return (
+        f'<img class="{_e(("plot " + cls).strip())}" alt="{_e(alt)}" width="{width}" height="{height}"{extra}'
+        f' src="{src}">'
+    )
 
 
-def _timeline(result: VideoResult, signal: np.ndarray | None) -> Figure | None:
-    """Spotting signal over time with each window shaded (onset..offset) and its apex marked."""
-    segs = result.segments
-    if signal is None and not segs:
+def timeline_layout(span: float, per_s: float = 1.0) -> tuple[float, int, int]:
+    """(row length in x units, rows, width in px) of the timeline of a video `span` x units long (`per_s` a second).
+
+    The width grows with the video (TIMELINE_PX_PER_S) up to the page width (TIMELINE_MAX_PX), so the picture is shown
+    1:1 and its text keeps its size; a video longer than ROW_S is split into stacked rows of ROW_S seconds (longer rows
+    only past MAX_TIMELINE_ROWS), so a micro-expression stays several pixels wide whatever the video's length."""
+    seconds = max(float(span) / per_s, 1e-6)
+    row_s = ROW_S * max(1, math.ceil(seconds / (ROW_S * MAX_TIMELINE_ROWS)))
+    rows = max(1, math.ceil(seconds / row_s - 1e-6))
+    width = int(min(TIMELINE_MAX_PX, TIMELINE_MIN_PX + TIMELINE_PX_PER_S * min(seconds, row_s)))
+    return (row_s * per_s if rows > 1 else float(span)), rows, width
+
+
+def _signal_columns(signal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Frame index, micro signal and macro signal (None for an older (N, 2) array) of a result's `signal`."""
+    sig = np.asarray(signal, dtype=np.float64)
+    if sig.ndim != 2 or sig.shape[1] not in (2, 3):
+        raise ValueError("signal must be an (N, 2) or (N, 3) array of frame index, micro signal[, macro signal]; "
+                         f"got shape {sig.shape}")  # fmt: skip
+    return sig[:, 0], sig[:, 1], (sig[:, 2] if sig.shape[1] == 3 else None)
+
+
+def _trace(x: np.ndarray, y: np.ndarray, min_gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """The samples a detector took (finite values only), with a break (NaN) across gaps: a detector that samples at
+    5 Hz is drawn as a line through its samples, but not across a stretch where it took none (no face)."""
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 2:
+        return x, y
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    steps = np.diff(x)
+    cut = np.nonzero(steps > max(min_gap, 3 * float(np.median(steps))))[0] + 1
+    return np.insert(x, cut, np.nan), np.insert(y, cut, np.nan)
+
+
+def _top(values: np.ndarray | None) -> float:
+    """Upper y limit for a signal (shared by all rows, so heights compare across rows)."""
+    if values is None or not np.isfinite(values).any():
+        return 1.0
+    top = float(np.nanmax(np.where(np.isfinite(values), values, np.nan)))
+    return top * 1.08 if top > 0 else 1.0
+
+
+def _timeline(result: VideoResult) -> Figure | None:
+    """The spotting signals over time with each window shaded (onset..offset) and its apex marked, in stacked rows.
+
+    The micro signal (left axis) and the macro signal (right axis, NaNs skipped: that detector samples at ~5 Hz) are
+    drawn in the colours of the windows they found; windows the outputs leave out (`result.unreported`, blinks) are
+    grey hatched bands labelled "(not reported)", so the tallest peaks of an eye blink are not left unexplained."""
+    segs, hidden, signal = result.segments, result.unreported, result.signal
+    if signal is None and not segs and not hidden:
         return None
     fps = result.info.fps if result.info is not None and result.info.fps > 0 else None
-    fig = Figure(figsize=(11, 2.4))
-    ax = fig.add_subplot(1, 1, 1)
+    use_s = bool(fps) or (signal is None and not hidden)  # segments carry seconds; windows and the signal need fps
+    per_s = 1.0 if use_s else (fps or 30.0)
+
+    def at(frame: np.ndarray) -> np.ndarray:
+        return np.asarray(frame, dtype=float) / fps if use_s and fps else np.asarray(frame, dtype=float)
+
+    frames = micro = macro = None
     if signal is not None:
-        sig = np.asarray(signal, dtype=np.float64)
-        if sig.ndim != 2 or sig.shape[1] != 2:
-            raise ValueError(f"signal must be an (N, 2) array of frame index, value; got shape {sig.shape}")
-        x = sig[:, 0] / fps if fps else sig[:, 0]
-        ax.plot(x, sig[:, 1], color="#333", linewidth=0.7, label="spotting signal")
-    use_s = bool(fps) or signal is None
-    span_axes = ax.get_xaxis_transform()  # x in data units, y in axes units: windows span the full height
-    for kind, color in {**KIND_COLORS, **{s.kind: "#2ca02c" for s in segs if s.kind not in KIND_COLORS}}.items():
+        frames, micro, macro = _signal_columns(signal)
+    # (label, colour, hatch, onsets, offsets, apexes) per kind of window, in x units (the offset frame included)
+    bands: list[tuple[str, str, str, np.ndarray, np.ndarray, np.ndarray]] = []
+    for kind, color in {**KIND_COLORS, **{s.kind: OTHER_COLOR for s in segs if s.kind not in KIND_COLORS}}.items():
         mine = [s for s in segs if s.kind == kind]
-        if not mine:
-            continue
-        x0 = np.array([s.onset_s if use_s else s.onset_frame for s in mine], dtype=float)
-        x1 = np.array([s.offset_s if use_s else s.offset_frame for s in mine], dtype=float)
-        xa = np.array([s.apex_s if use_s else s.apex_frame for s in mine], dtype=float)
-        widths = np.maximum(x1 - x0, 1e-3)
-        ax.broken_barh(list(zip(x0, widths, strict=True)), (0, 1), transform=span_axes, facecolors=color, alpha=0.25,
-                       linewidth=0, label=kind)  # fmt: skip
-        ax.vlines(xa, 0, 1, transform=span_axes, colors=color, linewidth=0.8, alpha=0.9)
-    if segs or signal is not None:
-        ax.legend(loc="lower right", bbox_to_anchor=(1, 1), fontsize=7, frameon=False, ncol=4)
-    ax.set_xlabel("time (s)" if use_s else "frame")
-    ax.set_ylabel("signal" if signal is not None else "")
-    if result.info is not None and result.info.duration_s > 0 and use_s:
-        ax.set_xlim(0, result.info.duration_s)
-    ax.margins(x=0)
-    ax.spines[["top", "right"]].set_visible(False)
+        if mine:
+            one = 1 / fps if use_s and fps else (0.0 if use_s else 1.0)
+            bands.append((kind, color, "",
+                          np.array([s.onset_s if use_s else s.onset_frame for s in mine], dtype=float),
+                          np.array([(s.offset_s if use_s else s.offset_frame) + one for s in mine], dtype=float),
+                          np.array([s.apex_s if use_s else s.apex_frame for s in mine], dtype=float)))  # fmt: skip
+    for kind in dict.fromkeys(w.kind for w in hidden):
+        mine_w = [w for w in hidden if w.kind == kind]
+        bands.append((f"{kind} (not reported)", UNREPORTED_COLOR, "////", at(np.array([w.onset for w in mine_w])),
+                      at(np.array([w.offset + 1 for w in mine_w])), at(np.array([w.apex for w in mine_w]))))  # fmt: skip
+
+    if use_s and result.info is not None and result.info.duration_s > 0:
+        span = float(result.info.duration_s)
+    else:
+        ends = [float(b[4].max()) for b in bands]
+        if frames is not None and np.isfinite(frames).any():
+            ends.append(float(at(np.nanmax(frames) + 1)))
+        span = max(ends, default=1.0)
+    row_len, rows, width = timeline_layout(span, per_s)
+    height = TIMELINE_EXTRA_PX + rows * TIMELINE_ROW_PX
+    fig = Figure(figsize=(width / PLOT_DPI, height / PLOT_DPI), dpi=PLOT_DPI, layout="constrained")
+    axes = fig.subplots(rows, 1, squeeze=False, sharey=True)[:, 0]
+    gap = 1.0 * per_s
+    micro_xy = _trace(at(frames), micro, gap) if frames is not None else None
+    macro_xy = _trace(at(frames), macro, gap) if frames is not None and macro is not None else None
+    micro_top, macro_top = _top(micro), _top(macro)
+    clock = use_s and span >= 60
+    for r, ax in enumerate(axes):
+        x0, x1 = r * row_len, ((r + 1) * row_len if rows > 1 else span)
+        ax.set_label(f"timeline row {r + 1}")
+        span_axes = ax.get_xaxis_transform()  # x in data units, y in axes units: windows span the full height
+        for label, color, hatch, on, off, apex in bands:
+            sel = (off >= x0) & (on <= x1)
+            if not sel.any():
+                continue
+            ax.broken_barh(list(zip(on[sel], np.maximum(off[sel] - on[sel], 1e-3), strict=True)), (0, 1),
+                           transform=span_axes, facecolors=color, alpha=0.35 if hatch else 0.25, hatch=hatch or None,
+                           edgecolor=color if hatch else "none", linewidth=0, label=label)  # fmt: skip
+            ax.vlines(apex[sel], 0, 1, transform=span_axes, colors=color, linewidth=0.9, alpha=0.9,
+                      linestyles="dashed" if hatch else "solid")  # fmt: skip
+        if micro_xy is not None:
+            x, y = micro_xy
+            sel = ((x >= x0 - gap) & (x <= x1 + gap)) | np.isnan(x)  # NaN: the breaks
+            ax.plot(x[sel], y[sel], color=MICRO_SIGNAL_COLOR, linewidth=0.8, label="micro signal")
+            ax.set_ylim(0, micro_top)
+            ax.set_ylabel("micro", color=MICRO_SIGNAL_COLOR, fontsize=FONT_PT)
+        else:
+            ax.set_yticks([])
+        if macro_xy is not None:
+            x, y = macro_xy
+            sel = ((x >= x0 - gap) & (x <= x1 + gap)) | np.isnan(x)  # NaN: the breaks
+            twin = ax.twinx()
+            twin.set_label(f"macro axis of row {r + 1}")
+            twin.plot(x[sel], y[sel], color=MACRO_SIGNAL_COLOR, linewidth=1.1, marker=".", markersize=2.5,
+                      label="macro signal")  # fmt: skip
+            twin.set_ylim(0, macro_top)
+            twin.set_ylabel("macro", color=MACRO_SIGNAL_COLOR, fontsize=FONT_PT)
+            twin.tick_params(labelsize=FONT_PT, colors=MACRO_SIGNAL_COLOR, axis="y")
+            twin.spines[["top"]].set_visible(False)
+        else:
+            ax.spines[["right"]].set_visible(False)
+        ax.set_xlim(x0, x1)
+        ax.tick_params(labelsize=FONT_PT)
+        ax.spines[["top"]].set_visible(False)
+        if clock:
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{int(v // 60)}:{int(round(v % 60)):02d}"))
+    axes[-1].set_xlabel(("time (m:ss)" if clock else "time (s)") if use_s else "frame", fontsize=FONT_PT)
+    handles: list[Artist] = []
+    if micro_xy is not None:
+        handles.append(Line2D([], [], color=MICRO_SIGNAL_COLOR, linewidth=1.2, label="micro signal"))
+    if macro_xy is not None:
+        handles.append(Line2D([], [], color=MACRO_SIGNAL_COLOR, linewidth=1.2, marker=".", label="macro signal"))
+    for label, color, hatch, *_ in bands:
+        handles.append(Patch(facecolor=color, alpha=0.35 if hatch else 0.25, hatch=hatch or None,
+                             edgecolor=color if hatch else "none", label=label if hatch else f"{label} window"))  # fmt: skip
+    ncol = max(1, min(len(handles), width // LEGEND_ENTRY_PX))
+    fig.legend(handles=handles, loc="outside upper left", ncol=ncol, fontsize=FONT_PT, frameon=False)
     return fig
 
 
@@ -167,14 +339,16 @@ def _heatmap(segs: Sequence[Segment]) -> Figure | None:
     names = au_names_of(segs)
     probs = np.array([np.asarray(s.probs, dtype=float) for s in segs])
     present = np.array([np.asarray(s.present, dtype=bool) for s in segs])
-    fig = Figure(figsize=(min(12, 1.5 + 0.38 * len(names)), min(14, 1.0 + 0.22 * len(segs))))
+    fig = Figure(figsize=(min(11, 2.5 + 0.32 * len(names)), min(30, 1.2 + 0.2 * len(segs))))
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(probs, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     ys, xs = np.nonzero(present)
     ax.scatter(xs, ys, marker="s", s=30, facecolors="none", edgecolors="#ff3b30", linewidths=1.0)
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(segs)), [f"#{s.segment_id} {s.onset_s:.2f}s" for s in segs], fontsize=6)
-    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="probability")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=FONT_PT)
+    ax.set_yticks(range(len(segs)), [f"#{s.segment_id} {s.kind} {s.onset_s:.2f}s" for s in segs], fontsize=FONT_PT)
+    bar = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
+    bar.set_label("probability", fontsize=FONT_PT)
+    bar.ax.tick_params(labelsize=FONT_PT)
     return fig
 
 
@@ -191,12 +365,13 @@ def _au_bar_chart(counts: Counter[str]) -> Figure | None:
     if not counts:
         return None
     items = counts.most_common()
-    fig = Figure(figsize=(min(12, 1.5 + 0.45 * len(items)), 2.6))
+    fig = Figure(figsize=(min(11, 1.5 + 0.45 * len(items)), 2.8))
     ax = fig.add_subplot(1, 1, 1)
     ax.bar([n for n, _ in items], [c for _, c in items], color="#4c78a8")
     ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("segments")
-    ax.tick_params(axis="x", labelrotation=90, labelsize=8)
+    ax.set_ylabel("segments", fontsize=FONT_PT)
+    ax.tick_params(labelsize=FONT_PT)
+    ax.tick_params(axis="x", labelrotation=90)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 
@@ -245,7 +420,12 @@ def _segment_row(s: Segment) -> str:
     )
 
 
-def _video_section(i: int, result: VideoResult, signal: np.ndarray | None) -> str:
+def _timeline_attrs(fig: Figure) -> dict[str, object]:
+    """The timeline <img>'s data-rows: how many rows it was drawn in (so a browser test can check the layout)."""
+    return {"data-rows": sum(1 for a in fig.axes if a.get_label().startswith("timeline row"))}
+
+
+def _video_section(i: int, result: VideoResult) -> str:
     """The per-video section: facts, timeline, heatmap, segment table."""
     job, info, segs = result.job, result.info, result.segments
     facts = [f"status <b>{_e(result.status)}</b>", f"{len(segs)} segments"]
@@ -261,7 +441,23 @@ def _video_section(i: int, result: VideoResult, signal: np.ndarray | None) -> st
     ]
     if result.error:
         parts.append(f'<p class="failed-reason">{_e(result.error)}</p>')
-    parts.append(_plot(f"spotting timeline of {job.rel.as_posix()}", lambda: _timeline(result, signal)))
+    parts.append(
+        _plot(
+            f"spotting timeline of {job.rel.as_posix()}",
+            lambda: _timeline(result),
+            cls="timeline",
+            tight=False,
+            colors=TIMELINE_COLORS,
+            describe=_timeline_attrs,
+        )
+    )
+    if result.unreported:
+        kinds = Counter(w.kind for w in result.unreported)
+        parts.append(
+            '<p class="muted">not in the outputs (grey hatched on the timeline): '
+            + ", ".join(f"{n} {_e(k)}{'s' if n > 1 else ''}" for k, n in kinds.items())
+            + "</p>"
+        )
     if segs:
         parts.append(_plot(f"AU probabilities of {job.rel.as_posix()}", lambda: _heatmap(segs)))
         if len(segs) > MAX_HEATMAP_ROWS:
@@ -280,17 +476,8 @@ def _video_section(i: int, result: VideoResult, signal: np.ndarray | None) -> st
     return "\n".join(parts)
 
 
-def _signal_for(result: VideoResult, signals: Mapping[str, np.ndarray] | None) -> np.ndarray | None:
-    """The spotting signal of a video: from `signals` (keyed by relative path, path or stem) or the result."""
-    if signals:
-        for key in (result.job.rel.as_posix(), str(result.job.path), result.job.stem):
-            if key in signals:
-                return signals[key]
-    return result.signal
-
-
-def render_report(report: RunReport, ctx: WriteContext, signals: Mapping[str, np.ndarray] | None = None) -> str:
-    """The whole HTML page as a string."""
+def render_report(report: RunReport, ctx: WriteContext, agreement: object | None = None) -> str:
+    """The whole HTML page as a string (with a coder review's agreement section when one is given)."""
     results = report.results
     segments = report.segments
     status = Counter(r.status for r in results)
@@ -353,17 +540,75 @@ def render_report(report: RunReport, ctx: WriteContext, signals: Mapping[str, np
                f"<th>segments</th><th>duration s</th><th>time s</th></tr></thead><tbody>{rows}</tbody></table>")  # fmt: skip
     settings = json.dumps(jsonable(ctx.settings), indent=1, sort_keys=True, ensure_ascii=False)
     out.append(f"<details><summary>settings</summary><pre>{_e(settings)}</pre></details></section>")
+    if agreement is not None:
+        out.append(agreement_section(agreement))
     for i in shown:
-        out.append(_video_section(i, results[i], _signal_for(results[i], signals)))
+        out.append(_video_section(i, results[i]))
     out.append(f"<script>{SCRIPT}</script></body></html>")
     return "\n".join(out)
 
 
-def write_report(
-    report: RunReport, path: Path, ctx: WriteContext, signals: Mapping[str, np.ndarray] | None = None
-) -> Path:
+def write_report(report: RunReport, path: Path, ctx: WriteContext, agreement: object | None = None) -> Path:
     """Write the self-contained HTML report of a run (atomically, UTF-8) and return its path."""
-    page = render_report(report, ctx, signals)
+    page = render_report(report, ctx, agreement)
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------------------ coder review agreement
+
+
+def _agreement_cell(value: object) -> str:
+    """A table cell: numbers right-aligned with 3 decimals, NaN/None as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return '<td class="num">-</td>'
+    if isinstance(value, float):
+        return f'<td class="num">{value:.3f}</td>'
+    if isinstance(value, int):
+        return f'<td class="num">{value}</td>'
+    return f"<td>{_e(value)}</td>"
+
+
+def _agreement_table(title: str, rows: Sequence[Mapping[str, object]], cols: Sequence[str], cls: str) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{_e(c.replace('_', ' '))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(_agreement_cell(r.get(c)) for c in cols) + "</tr>" for r in rows)
+    return f'<h3>{_e(title)}</h3><table class="{cls} sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def agreement_section(agreement: object) -> str:
+    """The HTML section of a coder review's agreement (au_annotate.review.agreement.Agreement)."""
+    spot = getattr(agreement, "spotting", [])
+    aus = getattr(agreement, "aus", [])
+    coders = getattr(agreement, "coders", [])
+    parts = ['<section id="agreement"><h2>Agreement with the coder review</h2>',
+             '<p class="muted">precision = (confirmed + corrected) / reviewed tool windows; recall counts coder-added '
+             "windows as missed; errors are coder minus tool, in ms; AU F1 and Cohen's kappa over confirmed + "
+             "corrected windows (the tool's decision against the coder's code)</p>"]
+    parts.append(_agreement_table("Spotting", spot, ("kind", "tool_windows", "reviewed", "confirmed", "corrected",
+                                                      "rejected", "unreviewed", "added", "precision", "recall",
+                                                      "onset_mae_ms", "offset_mae_ms", "onset_bias_ms",
+                                                      "offset_bias_ms"), "agreement-spotting"))
+    parts.append(_agreement_table("AUs: tool vs coder", aus, ("au", "windows", "tp", "fp", "fn", "tn", "precision",
+                                                              "recall", "f1", "kappa"), "agreement-aus"))
+    parts.append(_agreement_table("Coder vs coder (beside tool vs each coder, same windows)", coders,
+                                  ("subject", "coder_a", "coder_b", "windows", "kappa_coders", "kappa_tool_a",
+                                   "kappa_tool_b"), "agreement-coders"))
+    parts += [f'<p class="muted">note: {_e(n)}</p>' for n in getattr(agreement, "notes", [])]
+    parts.append("</section>")
+    return "\n".join(p for p in parts if p)
+
+
+def write_agreement_page(agreement: object, path: Path, source: str = "") -> Path:
+    """A self-contained HTML page with the agreement section (the `agreement` command's agreement.html)."""
+    page = "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_e(TOOL_NAME)}: agreement with the coder review</title>", f"<style>{CSS}</style></head><body>",
+        f"<h1>{_e(TOOL_NAME)} review agreement</h1>",
+        f'<p class="muted">review <span class="mono">{_e(source)}</span> · generated {_e(utc_now())}</p>',
+        agreement_section(agreement), f"<script>{SCRIPT}</script></body></html>"])
     with atomic_open(path, "w", encoding="utf-8") as fh:
         fh.write(page)
     return Path(path)

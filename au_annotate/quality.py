@@ -1,0 +1,102 @@
+"""Quality gating of spotted windows: is a window's motion evidence explained by something that is not an expression?
+
+The roi-flow spotter (au_annotate/spot.py) records cheap per-frame and per-step signals while it runs and labels each
+window it emits with one of QUALITIES; only "ok" windows are reported and counted by default (like blinks, the others
+are kept for the HTML report, and written with their label when `spot = {gated = "label"}`).
+
+Signals (all are by-products of what the spotter and the tracker compute anyway):
+- `match`: the tracker's template score of the frame; a window with a frame where the face is missing, or whose lowest
+  match falls `match_drop` below the track's running median (last `history_s`), is `tracking_lost`.
+- `bright`: mean gray level of the face crop; a change of more than `lighting_jump` (a share of the level) between
+  frames k apart inside the window is `lighting`.
+- `spread_px`: median residual motion (after the rigid fit) over the whole face; when it reaches `spread_ratio` of the
+  window's own evidence, the motion is not local (a hand, hair, a whole-face movement): `occlusion`.
+- `head_px`: mean rotation/scale/shear part of the rigid (affine) motion of the face inside the aligned crop over k
+  (its translation is fitted exactly, so it cannot leave fit errors), plus the crop's own displacement in the frame
+  (the tracker's box, in crop pixels) times `box_weight` (0 by default: a translation the tracker follows leaves the
+  crops aligned); when it exceeds `head_ratio` times the evidence, the residual is within what the rigid fit's errors
+  can produce: `head_motion`.
+
+All ratios are between motions measured in the same units on the same frames, so they hold for any face size, frame
+rate and resolution. The order of the checks (tracking, lighting, occlusion, head motion) puts the cause that makes
+the others meaningless first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+QUALITIES = ("ok", "occlusion", "head_motion", "tracking_lost", "lighting")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Thresholds of the window gate (see the module docstring); every one is a ratio or a share, not pixels."""
+
+    match_drop: float = 0.15
+    lighting_jump: float = 0.06
+    spread_ratio: float = 0.5
+    head_ratio: float = 1.0
+    box_weight: float = 0.0  # a translation the tracker follows leaves the crops aligned: not counted by default
+
+
+@dataclass(frozen=True)
+class FrameSignals:
+    """Per-frame gate signals: template score, mean crop brightness, and the crop's centre and side in the frame."""
+
+    match: float
+    bright: float
+    cx: float
+    cy: float
+    side: float
+
+
+@dataclass(frozen=True)
+class StepSignals:
+    """Per flow step (crop k back -> crop): rigid motion and spread of the residual, in pixels of a 224-px crop."""
+
+    head_px: float
+    spread_px: float
+
+
+def label_window(frames: Sequence[FrameSignals | None], steps: Sequence[StepSignals | None], k: int,
+                 evidence_px: float, match_level: float, cfg: GateConfig) -> str:
+    """The quality label of one window from its frames' and steps' signals (onset - k .. offset + k)."""
+    if not frames or any(f is None for f in frames):
+        return "tracking_lost"
+    fr = [f for f in frames if f is not None]
+    if min(f.match for f in fr) < match_level - cfg.match_drop:
+        return "tracking_lost"
+    ev = max(evidence_px, 1e-6)
+    head_box = 0.0
+    for a, b in zip(fr, fr[k:], strict=False):
+        level = max(8.0, 0.5 * (a.bright + b.bright))
+        if abs(b.bright - a.bright) > cfg.lighting_jump * level:
+            return "lighting"
+        head_box = max(head_box, 224.0 * float(((b.cx - a.cx) ** 2 + (b.cy - a.cy) ** 2) ** 0.5) / max(b.side, 1.0))
+    st = [s for s in steps if s is not None]
+    if st and max(s.spread_px for s in st) >= cfg.spread_ratio * ev:
+        return "occlusion"
+    head = max((s.head_px for s in st), default=0.0) + cfg.box_weight * head_box
+    if head > cfg.head_ratio * ev:
+        return "head_motion"
+    return "ok"
+
+
+def video_warning(fps: float, frames: int, frames_with_face: int, reported: int, gated: Sequence[str]) -> str | None:
+    """One line for the run manifest when a video's spotting is not to be trusted (None when nothing to say).
+
+    `reported` counts the windows written with quality ok, `gated` lists the other windows' quality labels."""
+    notes = []
+    if 0 < fps < 10:
+        notes.append(f"{fps:.3g} fps is too slow for micro-expressions (0.2-0.5 s span 1-5 frames)")
+    if frames and frames_with_face < 0.5 * frames:
+        notes.append(f"face tracked in only {100 * frames_with_face / frames:.0f} % of frames")
+    if len(gated) >= 5 and len(gated) > reported:
+        counts: dict[str, int] = {}
+        for q in gated:
+            counts[q] = counts.get(q, 0) + 1
+        top = ", ".join(f"{q} x{n}" for q, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        notes.append(f"{len(gated)} of {len(gated) + reported} candidate windows not reported ({top})")
+    return "spotting unreliable: " + "; ".join(notes) if notes else None
