@@ -154,6 +154,17 @@ def _split_table(report: Any, aus: tuple[str, ...] = ("AU04", "AU07", "AU12")) -
     return t
 
 
+def _write_report(report: object, output: Path | None, console: Console) -> None:
+    """Write an evaluation report's files into OUTPUT (when given) and say where; an unwritable folder is one line."""
+    if output is None:
+        return
+    try:
+        paths = report.write(output)  # type: ignore[attr-defined]
+    except OSError as exc:
+        raise click.ClickException(f"{output}: cannot write the report ({exc.strerror or exc})") from exc
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
 def _evaluate_splits(ds: AUDataset, cfg: TrainConfig, protocol: str, jobs: int, output: Path | None,
                      console: Console) -> None:
     """LOSO / LODO with both baselines on the same splits; metrics.csv (+ emotion_metrics.csv) in OUTPUT."""
@@ -170,12 +181,7 @@ def _evaluate_splits(ds: AUDataset, cfg: TrainConfig, protocol: str, jobs: int, 
     for r in report.emotion_rows:
         console.print(f"emotion {r['split']}: UF1 {r['uf1']:.4f}, UAR {r['uar']:.4f} (n {r['n']})", highlight=False)
     console.print(f"({report.seconds:.0f} s)")
-    if output is not None:
-        try:
-            paths = report.write(output)
-        except OSError as exc:
-            raise click.ClickException(f"{output}: cannot write the report ({exc.strerror or exc})") from exc
-        console.print("wrote " + ", ".join(str(p) for p in paths))
+    _write_report(report, output, console)
 
 
 @click.command("evaluate")
@@ -219,12 +225,7 @@ def evaluate_cmd(data: Path, protocol: str, folds: int, output: Path | None, job
                       f"logreg {res['logreg_f1']:.2f}) -> {'met' if res['met'] else 'NOT met'}")
     console.print(f"reliable AUs: {', '.join(report.reliable) or 'none'}   ({report.seconds:.0f} s)")
     console.print(f"reliable rule: {RELIABILITY.describe()}", highlight=False)
-    if output is not None:
-        try:
-            paths = report.write(output)
-        except OSError as exc:
-            raise click.ClickException(f"{output}: cannot write the report ({exc.strerror or exc})") from exc
-        console.print("wrote " + ", ".join(str(p) for p in paths))
+    _write_report(report, output, console)
 
 
 @click.command("train")

@@ -17,7 +17,6 @@ regression) and AUC (logistic regression). Emotion: UF1 (mean per-class F1) and 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +32,7 @@ from threadpoolctl import threadpool_limits
 from au_annotate.fileio import atomic_open
 from au_annotate.training.baselines import fit_logreg
 from au_annotate.training.data import AUDataset
-from au_annotate.training.evaluate import EvaluationError, binary_metrics
+from au_annotate.training.evaluate import EvaluationError, _fmt, _json_safe, binary_metrics
 from au_annotate.training.reliability import CROSS_DATASET
 from au_annotate.training.train import Targets, TrainConfig, emotion_softmax, fit_htnet
 
@@ -173,22 +172,6 @@ class SplitReport:
                 for r in self.emotion_rows:
                     fh.write(",".join(_fmt(r[c]) for c in EMOTION_COLUMNS) + "\n")
         return paths
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.4f}"
-    return str(v)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def _au_rows(ds: AUDataset, split: str, idx: np.ndarray, s: dict[str, np.ndarray]) -> list[dict[str, Any]]:

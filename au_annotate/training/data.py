@@ -89,6 +89,17 @@ class AUDataset:
         )
 
 
+
+def _flow_picture(path: Path) -> np.ndarray:
+    """One dataset picture, checked to be a 28x28 RGB flow picture (DatasetError naming the file otherwise)."""
+    try:
+        img = load_flow_png(path)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from exc
+    if img.shape != (28, 28, 3):
+        raise DatasetError(f"{path}: expected a 28x28 RGB flow picture, got {img.shape}")
+    return img
+
 def read_table(csv_path: str | Path) -> list[MetaRow]:
     """Read SAMM's ``;``-separated metadata table (CRLF, optional BOM)."""
     path = Path(csv_path)
@@ -171,12 +182,7 @@ def load_dataset(data_dir: str | Path, au_names: Sequence[str] | None = None, al
         if not p.is_file():
             missing.append(row.image_name)
             continue
-        try:
-            img = load_flow_png(p)
-        except ValueError as exc:
-            raise DatasetError(str(exc)) from exc
-        if img.shape != (28, 28, 3):
-            raise DatasetError(f"{p}: expected a 28x28 RGB flow picture, got {img.shape}")
+        img = _flow_picture(p)
         kept.append(row)
         images.append(img)
         paths.append(p)
@@ -253,12 +259,7 @@ def load_composite(
         p = root / r["flow"]
         if not p.is_file():
             raise DatasetError(f"{where}: flow picture {r['flow']} is missing")
-        try:
-            img = load_flow_png(p)
-        except ValueError as exc:
-            raise DatasetError(str(exc)) from exc
-        if img.shape != (28, 28, 3):
-            raise DatasetError(f"{p}: expected a 28x28 RGB flow picture, got {img.shape}")
+        img = _flow_picture(p)
         images.append(img)
         paths.append(p)
     known = np.array([r["dataset"] in AU_SOURCES for r in rows])
