@@ -63,7 +63,7 @@ def plan_run(paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike
     try:
         _check_options(settings)
         model = load_model(settings)
-        settings = _with_model_layout(settings, model)
+        settings = settings_for_model(settings, model)
         engine = get_engine(settings.engine, **_engine_options(settings))
     except (ValueError, OSError, WeightsError, RulesError, InferenceError, EngineError) as e:
         raise AnnotateError(str(e)) from None
@@ -82,7 +82,7 @@ def _check_options(settings: Settings) -> None:
         raise ValueError(f"stall_timeout_s must be a positive number of seconds, got {settings.stall_timeout_s!r}")
 
 
-def _with_model_layout(settings: Settings, model: ModelBundle) -> Settings:
+def settings_for_model(settings: Settings, model: ModelBundle) -> Settings:
     """`input_layout = auto` becomes the layout the model was trained on; any other value must match it. A checkpoint in
     another encoding than the seed's gets it appended (``face:htnet-uvs``): the flow stage computes what it names."""
     layout = settings.input_layout

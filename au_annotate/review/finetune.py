@@ -249,7 +249,7 @@ def finetune(reviewed: pd.DataFrame, videos_dir: str | os.PathLike[str], out_pat
     """Fine-tune `weights` on the review, compare on held-out videos, write `out_path` only if not worse."""
     import torch
 
-    from au_annotate.plan import _with_model_layout
+    from au_annotate.plan import settings_for_model
     from au_annotate.segments import load_model
     from au_annotate.training.train import predict_proba
     from au_annotate.weights import load_weights, save_checkpoint
@@ -258,7 +258,7 @@ def finetune(reviewed: pd.DataFrame, videos_dir: str | os.PathLike[str], out_pat
     base = load_weights(weights)
     if not isinstance(base.model, torch.nn.Module):
         raise FinetuneError(f"{base.name}: not an HTNet checkpoint")
-    run_settings = _with_model_layout(settings.replace(weights=str(base.path)), load_model(
+    run_settings = settings_for_model(settings.replace(weights=str(base.path)), load_model(
         settings.replace(weights=str(base.path), device="cpu")))
     problems: list[str] = []
     say("extracting the flow of the reviewed windows")
