@@ -34,6 +34,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from synth import FACIAL_ACTIONS
 
 from au_annotate.decode import open_video
 from au_annotate.face import FaceTracker
@@ -43,8 +44,7 @@ from au_annotate.spot import make_spotter
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "face-videos"
 VIDEO_EXT = {".mp4", ".mov", ".wmv", ".avi", ".mkv", ".webm"}
-ACTIONS = ("brow_raise", "brow_lower", "lip_corner_pull", "lip_corner_depress", "lip_press", "cheek_raise",
-           "lid_tighten")
+ACTIONS = FACIAL_ACTIONS
 
 
 @dataclass(frozen=True)

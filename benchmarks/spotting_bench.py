@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from synth import PlantedEvent, SynthVideo, make_video, write_ground_truth_csv
+from synth import FACIAL_ACTIONS, PlantedEvent, SynthVideo, make_video, write_ground_truth_csv
 
 from au_annotate.decode import open_video
 from au_annotate.megc import evaluate, read_ground_truth, read_predictions
@@ -41,8 +41,7 @@ from au_annotate.records import VideoJob, Window
 from au_annotate.settings import Settings
 from au_annotate.spot import SpotConfig
 
-ACTIONS = ("brow_raise", "brow_lower", "lip_corner_pull", "lip_corner_depress", "lip_press", "cheek_raise",
-           "lid_tighten")
+ACTIONS = FACIAL_ACTIONS
 
 
 @dataclass(frozen=True)

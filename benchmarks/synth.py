@@ -47,6 +47,7 @@ ACTIONS = (
     "lid_tighten",
     "blink",
 )
+FACIAL_ACTIONS = tuple(a for a in ACTIONS if a != "blink")  # the expressions benchmarks plant (blinks are distractors)
 KINDS = ("micro", "macro", "blink")
 CODECS = ("mp4v", "h264", "mjpg")
 
