@@ -7,10 +7,14 @@ The default spotter, "roi-flow", follows the no-training optical-flow recipe (He
    `dis_finest_scale`) is computed against the crop k frames back (k = `k_s` seconds, about half a micro-expression)
    and, for macro-expressions, K frames back (`macro_k_s`). The micro signal is sampled at up to `micro_rate` frames
    per second (every frame at 30 fps, every 2nd at 200 fps), the macro signal at about `macro_rate`.
-2. Head motion is cancelled by fitting an affine motion to the flow over the face (the worst-fitting 30 % of points,
-   i.e. moving facial parts and background, dropped and the fit repeated) and subtracting it.
+2. Head motion is cancelled by fitting a motion model to the flow over the face (the worst-fitting 30 % of points,
+   i.e. moving facial parts and background, dropped and the fit repeated) and subtracting it. `motion_model` affine
+   (default) is the in-plane head motion; quadratic/cubic add the smooth non-planar part (a face is not flat: a small
+   3-D head turn leaves a residual an affine model cannot remove). Measured in docs/spotting.md (round 6).
 3. Regions of interest placed from the 5 landmarks (brows, upper eyelids, lower lids, cheeks, mouth corners, upper and
-   lower lip): the mean of the strongest residual vectors (`top_fraction`) gives one motion vector per region and frame.
+   lower lip): the mean of the strongest residual vectors (`top_fraction`; 1 = the plain region mean, computed as the
+   mean flow minus the model at the region's mean basis, without a residual per pixel) gives one motion vector per
+   region and frame.
 4. The vectors are smoothed in time (`smooth_s`). A facial movement that goes and comes back makes the k-back motion at
    the apex point one way and the motion k frames later point the other way, so the per-region score is
    sqrt(max(0, -v(c) . v(c + k))): large at the apex of a transient movement, near zero for noise (random directions),
@@ -89,6 +93,7 @@ EYE_ROIS = (ROI_NAMES.index("eye_l"), ROI_NAMES.index("eye_r"))
 EYE_AREA_ROIS = EYE_ROIS + (ROI_NAMES.index("lid_l"), ROI_NAMES.index("lid_r"))
 GATE_LOG_SIZE = 16  # gate decisions kept for diagnosis (the latest windows only: state stays bounded and small)
 SignalHook = Callable[[str, int, float], None]  # on_signal(detector "micro" | "macro", frame index, signal value)
+MOTION_DEGREES = {"affine": 1, "quadratic": 2, "cubic": 3}  # polynomial degree of the face motion model
 DIP_RATIO = 0.75  # two peaks of one run are separate when the signal between them falls below this share of the first
 
 
@@ -109,7 +114,8 @@ class SpotConfig:
     smooth_s: float = 0.04  # temporal smoothing of the region motion (centred moving average)
     micro_rate: float = 100.0  # the micro signal is computed on about this many frames per second (every frame below)
     macro_rate: float = 5.0  # same for the macro signal (macro-expressions last 1.5-4 s: 5 Hz resolves them)
-    top_fraction: float = 0.3  # mean of this fraction of the strongest vectors per region
+    top_fraction: float = 0.3  # mean of this fraction of the strongest residual vectors per region (1: plain mean)
+    motion_model: str = "affine"  # face motion removed before the regions: affine | quadratic | cubic (polynomial)
     p: float = 4.0  # threshold: score > p * noise level of the region (micro detector)
     macro_p: float = 6.0  # same for the macro detector
     min_motion_px: float = 0.1  # floor of the threshold, in pixels of a 224-px crop (noise-free video)
@@ -150,6 +156,8 @@ class SpotConfig:
             raise SpotError(f"blinks must be label, drop or keep, got {self.blinks!r}")
         if self.gate not in ("label", "off") or self.gated not in ("drop", "label"):
             raise SpotError(f"gate must be label or off and gated drop or label, got {self.gate!r}, {self.gated!r}")
+        if self.motion_model not in MOTION_DEGREES:
+            raise SpotError(f"motion_model must be one of {', '.join(MOTION_DEGREES)}, got {self.motion_model!r}")
         if self.context_s < 0:
             raise SpotError(f"context_s must be >= 0, got {self.context_s}")
         if self.flow_size < 32:
@@ -546,7 +554,8 @@ class RoiFlowSpotter:
             flat[r, : sizes[r]] = (gy * n + gx).ravel()
             valid[r, : sizes[r]] = True
         fy, fx = np.divmod(flat, n)
-        coords = np.stack([np.ones(flat.shape), fx, fy], axis=-1).astype(np.float32)  # (R, Nmax, 3)
+        degree = MOTION_DEGREES[self.config.motion_model]
+        coords = _basis(fx, fy, n, degree).astype(np.float32)  # (R, Nmax, M)
         tops = np.maximum(1, (np.asarray(sizes) * self.config.top_fraction).astype(int))
         fx0, fx1 = lm[0, 0] - 0.7 * iod, lm[1, 0] + 0.7 * iod
         fy0, fy1 = min(lm[0, 1], lm[1, 1]) - 0.8 * iod, max(lm[3, 1], lm[4, 1]) + 0.5 * iod
@@ -554,10 +563,12 @@ class RoiFlowSpotter:
         face = (slice(int(np.clip(fy0, 0, n - 8)), int(np.clip(fy1, 8, n)), step),
                 slice(int(np.clip(fx0, 0, n - 8)), int(np.clip(fx1, 8, n)), step))
         gy, gx = np.mgrid[face[0], face[1]]
-        design = np.stack([np.ones(gx.size), gx.ravel(), gy.ravel()], axis=1)
+        design = _basis(gx.ravel(), gy.ravel(), n, degree)
         top_col = nmax - tops  # column of each region's tops[r]-th largest magnitude after an ascending partition
         pad = np.where(valid, 0.0, -np.inf).astype(np.float32)  # padding never reaches a region's top-k
-        geo = _Geometry(flat, valid, coords, tops, face, design, np.linalg.inv(design.T @ design + 1e-6 * np.eye(3)),
+        weights = (valid / np.asarray(sizes, np.float64)[:, None]).astype(np.float32)  # 1/size on each ROI pixel
+        mean_coords = np.einsum("rn,rnm->rm", weights, coords).astype(np.float32)
+        geo = _Geometry(flat, valid, coords, tops, weights, mean_coords, face, design, np.linalg.inv(design.T @ design + 1e-6 * np.eye(design.shape[1])),
                         top_col, np.unique(top_col), pad)
         if len(self._roi_cache) > 64:
             self._roi_cache.clear()
@@ -570,7 +581,7 @@ class RoiFlowSpotter:
         flow = self._dis.calc(a, b, None)
         geo = self._rois(lm)
         grid = flow[geo.face].reshape(-1, 2)
-        coef = _fit_affine(grid, geo.design, geo.normal_inv).astype(np.float32)
+        coef = _fit_motion(grid, geo.design, geo.normal_inv).astype(np.float32)
         if stats:  # gate signals: the rigid motion and the spread of the residual over the face (224-px crop pixels)
             sub = slice(None, None, 4)  # every 4th face point: a median and a mean need no more
             rigid = geo.design[sub].astype(np.float32) @ coef
@@ -584,7 +595,11 @@ class RoiFlowSpotter:
         r, nmax = geo.flat.shape
         # gather each (dx, dy) pair as one 8-byte item: 12x faster than fancy-indexing rows of a (N, 2) array
         picked = np.ascontiguousarray(flow, dtype=np.float32).reshape(-1).view(np.uint64).take(geo.flat.ravel())
-        v = (picked.view(np.float32).reshape(-1, 2) - geo.coords.reshape(-1, 3) @ coef).reshape(r, nmax, 2)  # residual
+        if self.config.top_fraction >= 1.0:  # the plain region mean: mean flow minus the motion model at the mean point
+            mean_flow = np.matmul(geo.weights[:, None, :], picked.view(np.float32).reshape(r, nmax, 2))[:, 0]
+            out = mean_flow - geo.mean_coords @ coef
+            return (out * np.float32(REF_SIZE / self.config.flow_size)).astype(np.float32)
+        v = (picked.view(np.float32).reshape(-1, 2) - geo.coords.reshape(r * nmax, -1) @ coef).reshape(r, nmax, 2)
         mag = v[..., 0] ** 2 + v[..., 1] ** 2 + geo.pad  # squared magnitude; padding entries at -inf
         # mean of each region's `tops[r]` strongest vectors: threshold at its tops[r]-th largest magnitude (one
         # partition for all regions), then a masked sum (ties at the threshold are rare and all kept)
@@ -800,27 +815,41 @@ def _is_blink(cand: _Candidate) -> bool:
 @dataclass(frozen=True, eq=False)
 class _Geometry:
     """Cached per landmark set: ROI pixels as a padded table (flat indices, validity, (1, x, y) coordinates, how many
-    strongest vectors to average), and the face sample grid with its affine design matrix."""
+    strongest vectors to average), and the face sample grid with its motion-model design matrix."""
 
     flat: np.ndarray  # (R, Nmax) flat pixel indices
     valid: np.ndarray  # (R, Nmax) bool
-    coords: np.ndarray  # (R, Nmax, 3) float32
+    coords: np.ndarray  # (R, Nmax, M) float32: the motion basis (`_basis`) at each ROI pixel
     tops: np.ndarray  # (R,) int
+    weights: np.ndarray  # (R, Nmax) float32: 1 / region size on the region's pixels, 0 on padding (the plain mean)
+    mean_coords: np.ndarray  # (R, M) float32: the motion basis averaged over each region
     face: tuple[slice, slice]
     design: np.ndarray
-    normal_inv: np.ndarray  # (design^T design + eps I)^-1, for the first affine fit
+    normal_inv: np.ndarray  # (design^T design + eps I)^-1, for the first fit
     top_col: np.ndarray  # (R,) column of the tops[r]-th largest value in an ascending partition of a (R, Nmax) row
     kth: np.ndarray  # the distinct top_col values (np.partition's kth)
     pad: np.ndarray  # (R, Nmax) float32: 0 for ROI pixels, -inf for padding (below any squared magnitude)
 
 
-def _fit_affine(u: np.ndarray, design: np.ndarray, normal_inv: np.ndarray | None = None) -> np.ndarray:
-    """Affine motion (3, 2) fitting flow vectors u (N, 2) at points design (N, 3) = (1, x, y); robust: the worst 30 %
+def _basis(x: np.ndarray, y: np.ndarray, n: int, degree: int) -> np.ndarray:
+    """Polynomial motion basis (..., M) at flow-size pixel coordinates x, y: 1, x, y (M = 3, affine), then the
+    monomials of degree 2..`degree` of the centred coordinates (x - n/2, y - n/2) / (n/2), times n/2 so that every
+    column has the same scale as x and y (a well-conditioned fit)."""
+    h = n / 2.0
+    u, v = (x - h) / h, (y - h) / h
+    cols = [np.ones_like(x, dtype=np.float64), x.astype(np.float64), y.astype(np.float64)]
+    for d in range(2, degree + 1):
+        cols += [h * u ** (d - j) * v ** j for j in range(d + 1)]
+    return np.stack(cols, axis=-1)
+
+
+def _fit_motion(u: np.ndarray, design: np.ndarray, normal_inv: np.ndarray | None = None) -> np.ndarray:
+    """Face motion (M, 2) fitting flow vectors u (N, 2) at points design (N, M) (`_basis`); robust: the worst 30 %
     of points (moving facial parts, background) are dropped and the fit repeated. `normal_inv` is the cached inverse
     of the first fit's normal matrix (it depends on the points only)."""
     u = u.astype(np.float64)
     if normal_inv is None:
-        normal_inv = np.linalg.inv(design.T @ design + 1e-6 * np.eye(3))
+        normal_inv = np.linalg.inv(design.T @ design + 1e-6 * np.eye(design.shape[1]))
     coef = normal_inv @ (design.T @ u)
     d = design @ coef - u
     res = d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]
@@ -828,7 +857,7 @@ def _fit_affine(u: np.ndarray, design: np.ndarray, normal_inv: np.ndarray | None
     keep = (res <= np.partition(res, cut)[cut]).astype(np.float64)
     dw = design.T * keep  # the kept rows by a 0/1 weight: the same sums as indexing them, without the copies
     normal = dw @ design
-    normal[np.diag_indices(3)] += 1e-6
+    normal[np.diag_indices(len(normal))] += 1e-6
     return np.linalg.solve(normal, dw @ u)
 
 

@@ -207,6 +207,8 @@ def test_config_errors() -> None:
         RoiFlowSpotter(0.0)
     with pytest.raises(SpotError, match="blinks"):
         SpotConfig.from_any({"blinks": "maybe"})
+    with pytest.raises(SpotError, match="motion_model must be one of affine, quadratic, cubic"):
+        SpotConfig.from_any({"motion_model": "homography"})
 
 
 def test_micro_and_macro_overlap_uses_the_megc_iou() -> None:
@@ -231,11 +233,13 @@ def test_a_movement_next_to_a_blink_is_not_swallowed_by_it() -> None:
     assert any(w.kind == "blink" and w.onset >= 58 for w in windows)
 
 
-def test_region_motion_is_the_mean_of_each_regions_strongest_residuals() -> None:
+@pytest.mark.parametrize(("model", "top"), [("affine", 0.3), ("quadratic", 0.3), ("quadratic", 1.0), ("cubic", 1.0)])
+def test_region_motion_is_the_mean_of_each_regions_strongest_residuals(model: str, top: float) -> None:
     """The vectorised region statistic against a plain reference written from the spec alone (no spotter internals):
     each region of the ROIS table placed from the landmarks (centre anchor + offset x inter-ocular distance, half-size
     max(2 px, size x iod), clipped to the crop), the known head motion removed, then the mean of the region's
-    `top_fraction` strongest residual vectors. The flow: an affine head motion, noise, a brow moving up, a ramp of
+    `top_fraction` strongest residual vectors (1: all of them, the plain mean). The flow: a head motion the model can
+    represent (affine, plus a smooth bend of a non-planar face for the polynomial models), noise, a brow moving up, a ramp of
     motion over the mouth (so the mean depends on how many vectors are averaged), and fast background motion in the
     top-left corner, where the padding of the smaller regions' pixel table points: padding must never be counted."""
     import math
@@ -243,10 +247,13 @@ def test_region_motion_is_the_mean_of_each_regions_strongest_residuals() -> None
     from au_annotate.spot import REF_SIZE, ROIS
 
     n = 128
-    sp = RoiFlowSpotter(30.0, {"flow_size": n})
+    sp = RoiFlowSpotter(30.0, {"flow_size": n, "motion_model": model, "top_fraction": top})
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
     head = np.stack([0.4 + 0.01 * xx - 0.004 * yy, -0.3 + 0.003 * xx + 0.008 * yy], axis=-1)  # affine head motion
+    if model != "affine":  # a small head turn: horizontal motion bends with the face's curvature (quadratic)
+        u, v = (xx - n / 2) / (n / 2), (yy - n / 2) / (n / 2)
+        head[..., 0] += 0.6 * u * u - 0.2 * u * v
     local = np.zeros((n, n, 2), np.float32)
     local[:30, :30] += np.float32([3.0, -2.0])  # background motion in the top-left corner
     local[40:52, 40:60, 1] -= 1.5  # a brow moving up
