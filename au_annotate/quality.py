@@ -12,7 +12,8 @@ Signals (all are by-products of what the spotter and the tracker compute anyway)
 - `spread_px`: median residual motion (after the rigid fit) over the whole face; when it reaches `spread_ratio` of the
   window's own evidence, the motion is not local (a hand, hair, a whole-face movement): `occlusion`.
 - `head_px`: mean rotation/scale/shear part of the rigid (affine) motion of the face inside the aligned crop over k
-  (its translation is fitted exactly, so it cannot leave fit errors), plus the crop's own displacement in the frame
+  (its translation is fitted exactly, so it cannot leave fit errors; with the spotter's polynomial `motion_model`
+  the smooth non-planar part of the fit counts too), plus the crop's own displacement in the frame
   (the tracker's box, in crop pixels) times `box_weight` (0 by default: a translation the tracker follows leaves the
   crops aligned); when it exceeds `head_ratio` times the evidence, the residual is within what the rigid fit's errors
   can produce: `head_motion`.

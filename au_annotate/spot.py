@@ -568,8 +568,9 @@ class RoiFlowSpotter:
         pad = np.where(valid, 0.0, -np.inf).astype(np.float32)  # padding never reaches a region's top-k
         weights = (valid / np.asarray(sizes, np.float64)[:, None]).astype(np.float32)  # 1/size on each ROI pixel
         mean_coords = np.einsum("rn,rnm->rm", weights, coords).astype(np.float32)
-        geo = _Geometry(flat, valid, coords, tops, weights, mean_coords, face, design, np.linalg.inv(design.T @ design + 1e-6 * np.eye(design.shape[1])),
-                        top_col, np.unique(top_col), pad)
+        normal_inv = np.linalg.inv(design.T @ design + 1e-6 * np.eye(design.shape[1]))
+        geo = _Geometry(flat, valid, coords, tops, weights, mean_coords, face, design, normal_inv, top_col,
+                        np.unique(top_col), pad)
         if len(self._roi_cache) > 64:
             self._roi_cache.clear()
         self._roi_cache[key] = geo
@@ -814,8 +815,8 @@ def _is_blink(cand: _Candidate) -> bool:
 
 @dataclass(frozen=True, eq=False)
 class _Geometry:
-    """Cached per landmark set: ROI pixels as a padded table (flat indices, validity, (1, x, y) coordinates, how many
-    strongest vectors to average), and the face sample grid with its motion-model design matrix."""
+    """Cached per landmark set: ROI pixels as a padded table (flat indices, validity, motion basis, how many strongest
+    vectors to average, plain-mean weights), and the face sample grid with its motion-model design matrix."""
 
     flat: np.ndarray  # (R, Nmax) flat pixel indices
     valid: np.ndarray  # (R, Nmax) bool
