@@ -44,7 +44,6 @@ from au_annotate.spot import make_spotter
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "face-videos"
 VIDEO_EXT = {".mp4", ".mov", ".wmv", ".avi", ".mkv", ".webm"}
-ACTIONS = FACIAL_ACTIONS
 
 
 @dataclass(frozen=True)
@@ -190,7 +189,7 @@ def schedule(geometry: dict[int, np.ndarray], total: int, fps: float, seed: int,
             break
         if all(j in geometry for j in range(on - margin, off + margin + 1)):
             apex = on + max(1, int(round(rng.uniform(0.35, 0.65) * (off - on))))
-            plants.append(Plant(on, min(apex, off - 1), off, ACTIONS[int(rng.integers(len(ACTIONS)))],
+            plants.append(Plant(on, min(apex, off - 1), off, FACIAL_ACTIONS[int(rng.integers(len(FACIAL_ACTIONS)))],
                                 float(rng.uniform(1.0, 3.0)) * amp_scale))
             t += dur + rng.uniform(2.5, 4.0)
         else:

@@ -41,8 +41,6 @@ from au_annotate.records import VideoJob, Window
 from au_annotate.settings import Settings
 from au_annotate.spot import SpotConfig
 
-ACTIONS = FACIAL_ACTIONS
-
 
 @dataclass(frozen=True)
 class ClipSpec:
@@ -80,7 +78,7 @@ def plan_events(spec: ClipSpec) -> list[PlantedEvent]:
             frac = rng.uniform(0.3, 0.6)
         if t + dur > spec.duration_s - 1.0:
             break
-        action = ACTIONS[int(rng.integers(len(ACTIONS)))]
+        action = FACIAL_ACTIONS[int(rng.integers(len(FACIAL_ACTIONS)))]
         events.append(PlantedEvent(action, t, t + frac * dur, t + dur, amp * spec.scale, kind))
         t += dur + rng.uniform(1.0, 2.0)
     busy = [(e.onset_s - 0.25, e.offset_s + 0.25) for e in events]

@@ -239,9 +239,10 @@ def test_region_motion_is_the_mean_of_each_regions_strongest_residuals(model: st
     each region of the ROIS table placed from the landmarks (centre anchor + offset x inter-ocular distance, half-size
     max(2 px, size x iod), clipped to the crop), the known head motion removed, then the mean of the region's
     `top_fraction` strongest residual vectors (1: all of them, the plain mean). The flow: a head motion the model can
-    represent (affine, plus a smooth bend of a non-planar face for the polynomial models), noise, a brow moving up, a ramp of
-    motion over the mouth (so the mean depends on how many vectors are averaged), and fast background motion in the
-    top-left corner, where the padding of the smaller regions' pixel table points: padding must never be counted."""
+    represent (affine, plus a smooth bend of a non-planar face for the polynomial models), noise, a brow moving up, a
+    ramp of motion over the mouth (so the mean depends on how many vectors are averaged), and fast background motion
+    in the top-left corner, where the padding of the smaller regions' pixel table points: padding must never be
+    counted."""
     import math
 
     from au_annotate.spot import REF_SIZE, ROIS
