@@ -265,6 +265,7 @@ class _Detector:
         self.span_s = k * step_s  # ... aiming at this many seconds
         self.step_s = step_s
         self._eps = 0.25 * step_s  # timestamp jitter tolerated before a later step counts as past the target
+        self._rising, self._last_t = True, -math.inf  # every timestamp so far later than the one before
         ring = 2 * self.k_hi + 4 * half + 8 + 4 * (self.ctx_after + k + self.ctx_gap + ctx)
         self.vec = _Ring(ring)  # raw region motion per step (R, 2) or None
         self.smooth = _Ring(ring)  # smoothed region motion
@@ -286,6 +287,11 @@ class _Detector:
         """The earlier step nearest to `span_s` seconds before step `step` (at time t): its flow reference. None near the
         stream start, where no step lies that far back yet."""
         target = t - self.span_s
+        if self._rising and self.k > self.k_lo:  # the usual case, in two lookups: exactly k steps back
+            s = step - self.k
+            ts, after = self.times.get(s), self.times.get(s + 1)
+            if ts is not None and after is not None and abs(ts - target) <= self._eps and after > target + self._eps:
+                return s  # the search below would stop here: every later step is past the target, this one within eps
         best, best_d = None, math.inf
         for s in range(step - self.k_lo, step - self.k_hi - 1, -1):
             ts = self.times.get(s)
@@ -304,6 +310,11 @@ class _Detector:
         if tc is None:
             return None
         target = tc + self.span_s
+        s = c + self.k
+        if self._rising and self.k > self.k_lo and newest >= s:  # the usual case, as the search below would find it
+            ts, before = self.times.get(s), self.times.get(s - 1)
+            if ts is not None and before is not None and ts >= target - self._eps > before:
+                return s - 1 if target - before < ts - target else s
         for s in range(c + self.k_lo, min(c + self.k_hi, newest) + 1):
             ts = self.times.get(s)
             if ts is not None and ts >= target - self._eps:
@@ -314,6 +325,8 @@ class _Detector:
     def add(self, index: int, t: float, vectors: np.ndarray | None) -> list[tuple[int, float]]:
         """Store step `index`'s motion (its frame at time t); returns (frame, signal) of the steps decided now."""
         self.vec.put(index, vectors)
+        self._rising = self._rising and t > self._last_t  # timestamps strictly rising so far: the searches' fast paths
+        self._last_t = t
         self.times.put(index, t)
         c_s = index - self.half  # smoothing is complete for this step
         if c_s >= 0:
@@ -519,9 +532,9 @@ class RoiFlowSpotter:
         self.gate = GateConfig(match_drop=cfg.match_drop, lighting_jump=cfg.lighting_jump,
                                spread_ratio=cfg.spread_ratio, head_ratio=cfg.head_ratio)
         self.qframes = _Ring(self.crop_ring_size)  # FrameSignals per frame (None: no face)
-        self.qsteps = {d.name: _Ring(self.crop_ring_size) for d in self.detectors}  # StepSignals per sampled frame
+        self.qsteps = {d.name: _Ring(self.crop_ring_size) for d in self.detectors}  # _StepFit per sampled frame
         self._match_hist = _History(frames(cfg.history_s), 1, frames(0.5))
-        self._last_step: StepSignals | None = None
+        self._last_step: _StepFit | None = None
         # the gate's inputs of the latest windows (apex, label, evidence, head, spread, match level, min match): why
         self.gate_log: deque[tuple] = deque(maxlen=GATE_LOG_SIZE)
         self._emitted: list[Window] = []  # recent windows, to resolve micro/macro overlaps (bounded below)
@@ -564,13 +577,13 @@ class RoiFlowSpotter:
                 slice(int(np.clip(fx0, 0, n - 8)), int(np.clip(fx1, 8, n)), step))
         gy, gx = np.mgrid[face[0], face[1]]
         design = _basis(gx.ravel(), gy.ravel(), n, degree)
-        top_col = nmax - tops  # column of each region's tops[r]-th largest magnitude after an ascending partition
+        top_col = nmax - tops  # column of each region's tops[r]-th largest magnitude in its ascending sort
         pad = np.where(valid, 0.0, -np.inf).astype(np.float32)  # padding never reaches a region's top-k
         weights = (valid / np.asarray(sizes, np.float64)[:, None]).astype(np.float32)  # 1/size on each ROI pixel
         mean_coords = np.einsum("rn,rnm->rm", weights, coords).astype(np.float32)
         normal_inv = np.linalg.inv(design.T @ design + 1e-6 * np.eye(design.shape[1]))
         geo = _Geometry(flat, valid, coords, tops, weights, mean_coords, face, design, normal_inv, top_col,
-                        np.unique(top_col), pad)
+                        np.arange(len(boxes)), pad, design[_GATE_SUB].astype(np.float32))
         if len(self._roi_cache) > 64:
             self._roi_cache.clear()
         self._roi_cache[key] = geo
@@ -578,21 +591,13 @@ class RoiFlowSpotter:
 
     def _region_motion(self, a: np.ndarray, b: np.ndarray, lm: np.ndarray, stats: bool = False) -> np.ndarray:
         """Per-region motion (R, 2) from crop a to crop b, head motion removed, in pixels of a 224-px crop (`stats`:
-        also the gate's StepSignals of this flow, in `_last_step`)."""
+        also what the gate's StepSignals of this flow are made from, in `_last_step`)."""
         flow = self._dis.calc(a, b, None)
         geo = self._rois(lm)
         grid = flow[geo.face].reshape(-1, 2)
         coef = _fit_motion(grid, geo.design, geo.normal_inv).astype(np.float32)
-        if stats:  # gate signals: the rigid motion and the spread of the residual over the face (224-px crop pixels)
-            sub = slice(None, None, 4)  # every 4th face point: a median and a mean need no more
-            rigid = geo.design[sub].astype(np.float32) @ coef
-            d = grid[sub] - rigid
-            k = REF_SIZE / self.config.flow_size
-            dev = rigid - rigid.mean(0)  # rotation/scale/shear only: a translation is fitted exactly (no fit error)
-            head = float(np.sqrt((dev * dev).sum(1)).mean()) * k
-            res = (d * d).sum(1)
-            spread = math.sqrt(float(np.partition(res, len(res) // 2)[len(res) // 2])) * k  # median residual
-            self._last_step = StepSignals(head_px=head, spread_px=spread)
+        if stats:  # what the gate needs of this flow, kept small; its signals are computed only for a window's steps
+            self._last_step = _StepFit(coef, np.ascontiguousarray(grid[_GATE_SUB]), geo.gate_design)
         r, nmax = geo.flat.shape
         # gather each (dx, dy) pair as one 8-byte item: 12x faster than fancy-indexing rows of a (N, 2) array
         picked = np.ascontiguousarray(flow, dtype=np.float32).reshape(-1).view(np.uint64).take(geo.flat.ravel())
@@ -602,10 +607,10 @@ class RoiFlowSpotter:
             return (out * np.float32(REF_SIZE / self.config.flow_size)).astype(np.float32)
         v = (picked.view(np.float32).reshape(-1, 2) - geo.coords.reshape(r * nmax, -1) @ coef).reshape(r, nmax, 2)
         mag = v[..., 0] ** 2 + v[..., 1] ** 2 + geo.pad  # squared magnitude; padding entries at -inf
-        # mean of each region's `tops[r]` strongest vectors: threshold at its tops[r]-th largest magnitude (one
-        # partition for all regions), then a masked sum (ties at the threshold are rare and all kept)
-        part = np.partition(mag, geo.kth, axis=1)
-        thr = part[np.arange(len(mag)), geo.top_col]
+        # mean of each region's `tops[r]` strongest vectors: threshold at its tops[r]-th largest magnitude (one sort of
+        # all rows: twice as fast as a partition at the regions' ~10 distinct ranks), then a masked sum (ties at the
+        # threshold are rare and all kept)
+        thr = np.sort(mag, axis=1)[geo.rows, geo.top_col]
         sel = ((mag >= thr[:, None]) & geo.valid).astype(np.float32)
         out = np.matmul(sel[:, None, :], v)[:, 0] / sel.sum(1)[:, None]
         return (out * np.float32(REF_SIZE / self.config.flow_size)).astype(np.float32)
@@ -689,8 +694,9 @@ class RoiFlowSpotter:
         apex_crop, lm, fid = apex_item
         top = float(cand.scores.max())
         active = tuple(int(r) for r in np.flatnonzero(cand.scores >= 0.5 * top))
-        onset = self._extent(cand, apex_crop, lm, fid, active, -1)
-        offset = self._extent(cand, apex_crop, lm, fid, active, +1)
+        walked: dict[int, np.ndarray] = {}  # region motion from the apex crop per frame the walks reached
+        onset = self._extent(cand, apex_crop, lm, fid, active, -1, walked)
+        offset = self._extent(cand, apex_crop, lm, fid, active, +1, walked)
         if onset is None or offset is None:
             return None  # the movement did not level off within the search radius
         duration = self._nominal_frames(onset, offset)
@@ -698,7 +704,7 @@ class RoiFlowSpotter:
             return None
         kind = "micro" if duration <= self.max_micro else "macro"
         if kind == "micro" and not cand.blink and self.config.return_ratio > 0 and not self._returns(
-                apex_crop, lm, fid, active, onset, offset):
+                apex_crop, lm, fid, active, onset, offset, walked):
             return None  # a step (an expression that is held, a posture change): not a go-and-return movement
         if kind == "micro" and cand.blink:
             if self.config.blinks == "drop":
@@ -711,16 +717,20 @@ class RoiFlowSpotter:
                       quality=quality)
 
     def _returns(self, apex_crop: np.ndarray, lm: np.ndarray, fid: tuple[str, int], active: tuple[int, ...],
-                 onset: int, offset: int) -> bool:
+                 onset: int, offset: int, walked: dict[int, np.ndarray]) -> bool:
         """Whether the active regions come back: their net motion from onset to offset is at most `return_ratio` of
-        their larger excursion to the apex (a micro-expression goes and returns; a step stays where it went)."""
+        their larger excursion to the apex (a micro-expression goes and returns; a step stays where it went). The
+        apex -> onset/offset motions come from the onset/offset walks (`walked`) where they reached those frames."""
         a, b = self.crops.get(onset), self.crops.get(offset)
         if a is None or b is None or a[2] != fid or b[2] != fid or not active:
             return True  # cannot tell: keep the window
         idx = list(active)
         net = float(np.linalg.norm(self._region_motion(a[0], b[0], lm)[idx], axis=1).mean())
-        go = float(np.linalg.norm(self._region_motion(apex_crop, a[0], lm)[idx], axis=1).mean())
-        back = float(np.linalg.norm(self._region_motion(apex_crop, b[0], lm)[idx], axis=1).mean())
+        go_m, back_m = walked.get(onset), walked.get(offset)
+        go_m = self._region_motion(apex_crop, a[0], lm) if go_m is None else go_m
+        back_m = self._region_motion(apex_crop, b[0], lm) if back_m is None else back_m
+        go = float(np.linalg.norm(go_m[idx], axis=1).mean())
+        back = float(np.linalg.norm(back_m[idx], axis=1).mean())
         return net <= self.config.return_ratio * max(go, back, 1e-6)
 
     def _quality(self, cand: _Candidate, onset: int, offset: int, active: tuple[int, ...]) -> str:
@@ -731,7 +741,7 @@ class RoiFlowSpotter:
         frames = [self.qframes.get(i) for i in range(lo, hi + 1)]
         ring = self.qsteps[cand.detector]
         first = -(-(lo + k) // det.stride) * det.stride  # steps lie on multiples of the stride
-        steps = [ring.get(i) for i in range(first, hi + 1, det.stride)]
+        steps = [_step_signals(ring.get(i), REF_SIZE / self.config.flow_size) for i in range(first, hi + 1, det.stride)]
         evidence = float(np.linalg.norm(cand.vectors[list(active)], axis=1).max()) if active else 0.0
         level = float(self._match_hist.level()[0])
         label = label_window(frames, steps, k, evidence, level, self.gate)
@@ -759,13 +769,14 @@ class RoiFlowSpotter:
         return end - t0
 
     def _extent(self, cand: _Candidate, apex_crop: np.ndarray, lm: np.ndarray, fid: tuple[str, int], active: tuple[int, ...],
-                side: int) -> int | None:
+                side: int, walked: dict[int, np.ndarray] | None = None) -> int | None:
         """Onset (side -1) or offset (+1): where the displacement from the apex levels off at its first plateau.
 
         Walking away from the apex, the displacement of the active regions relative to the apex grows while the
         movement is under way and stalls once we are before its onset (after its offset). The walk stops after
         `stall` frames without growth; the boundary is where the displacement first reaches `extent_fraction` of
-        the plateau. Returns None when it is still growing at the edge of the search radius (a longer movement)."""
+        the plateau. Returns None when it is still growing at the edge of the search radius (a longer movement).
+        `walked` receives the region motion from the apex crop of every frame the walk reached (for the return test)."""
         radius = cand.radius
         step = max(1, int(math.ceil(radius / (16 if cand.detector == "micro" else 32))))
         stall = max(2 * step, int(round((0.1 if cand.detector == "micro" else 0.3) * self.fps)))
@@ -778,6 +789,8 @@ class RoiFlowSpotter:
                 stalled = True  # no face / stream edge: the movement is cut here
                 break
             motion = self._region_motion(apex_crop, item[0], lm)
+            if walked is not None:
+                walked[cand.apex + side * j] = motion
             m = float(np.linalg.norm(motion[list(active)], axis=1).mean())
             offsets.append(j)
             mags.append(m)
@@ -827,9 +840,38 @@ class _Geometry:
     face: tuple[slice, slice]
     design: np.ndarray
     normal_inv: np.ndarray  # (design^T design + eps I)^-1, for the first fit
-    top_col: np.ndarray  # (R,) column of the tops[r]-th largest value in an ascending partition of a (R, Nmax) row
-    kth: np.ndarray  # the distinct top_col values (np.partition's kth)
+    top_col: np.ndarray  # (R,) column of the tops[r]-th largest value in an ascending sort of a (R, Nmax) row
+    rows: np.ndarray  # (R,) 0 .. R-1, to pick each row's top_col entry
     pad: np.ndarray  # (R, Nmax) float32: 0 for ROI pixels, -inf for padding (below any squared magnitude)
+    gate_design: np.ndarray  # (N / 4, M) float32: the design rows of the face points the gate uses (`_GATE_SUB`)
+
+
+_GATE_SUB = slice(None, None, 4)  # the gate uses every 4th face point of a flow: a median and a mean need no more
+
+
+@dataclass(frozen=True, eq=False)
+class _StepFit:
+    """What the gate needs of one flow step (~5 KB; it keeps none of the geometry's large tables alive, so the step ring
+    stays small however often the landmarks change): the motion model's coefficients, the flow at every 4th face point
+    and the design rows there. Its StepSignals are computed only for the steps around a window (most steps never are)."""
+
+    coef: np.ndarray  # (M, 2) float32
+    grid: np.ndarray  # (N / 4, 2) float32: the flow at the face points `_GATE_SUB`
+    design: np.ndarray  # (N / 4, M) float32: the motion basis at those points
+
+
+def _step_signals(fit: _StepFit | None, scale: float) -> StepSignals | None:
+    """The gate signals of a flow step, in pixels of a 224-px crop (`scale` = 224 / flow size): the rotation/scale/shear
+    part of the fitted motion (a translation is fitted exactly: no fit error) and the median residual over the face."""
+    if fit is None:
+        return None
+    rigid = fit.design @ fit.coef
+    d = fit.grid - rigid
+    dev = rigid - rigid.mean(0)
+    head = float(np.sqrt((dev * dev).sum(1)).mean()) * scale
+    res = (d * d).sum(1)
+    spread = math.sqrt(float(np.partition(res, len(res) // 2)[len(res) // 2])) * scale  # median residual
+    return StepSignals(head_px=head, spread_px=spread)
 
 
 def _basis(x: np.ndarray, y: np.ndarray, n: int, degree: int) -> np.ndarray:

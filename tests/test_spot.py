@@ -315,3 +315,31 @@ def test_real_casme2_micro_expressions_are_spotted(clip: str) -> None:
     best = max((iou(gt.onset, gt.offset, w.onset, w.offset) for w in reported), default=0.0)
     assert best >= 0.5, (windows, gt)
     assert len(reported) <= 2, reported
+
+
+@pytest.mark.parametrize("pattern", ["constant", "jitter", "half_rate", "double_rate"])
+def test_timestamp_fast_paths_agree_with_the_full_search(pattern: str) -> None:
+    """The k-back reference and the transient partner found by the two-lookup fast path (timestamps strictly rising)
+    are the steps the full search finds, for constant, jittered and half/twice-rate stretches of timestamps."""
+    rng = np.random.default_rng(3)
+    fps, n = 30.0, 400
+    dt = {"constant": np.full(n, 1.0), "jitter": 1.0 + rng.uniform(-0.45, 0.45, n),
+          "half_rate": np.where((np.arange(n) // 60) % 2, 2.0, 1.0),
+          "double_rate": np.where((np.arange(n) // 60) % 2, 0.5, 1.0)}[pattern]
+    times = np.cumsum(dt) / fps
+    fast = RoiFlowSpotter(fps).detectors[0]
+    full = RoiFlowSpotter(fps).detectors[0]
+    refs_fast, refs_full, partners_fast, partners_full = [], [], [], []
+    for i, t in enumerate(times):
+        refs_fast.append(fast.reference(i, float(t)))
+        full._rising = False  # forces the full search
+        refs_full.append(full.reference(i, float(t)))
+        fast.times.put(i, float(t))
+        full.times.put(i, float(t))
+        fast._rising = fast._rising and (i == 0 or t > times[i - 1])
+        if i >= 30:
+            partners_fast.append(fast._partner(i - 30, i))
+            partners_full.append(full._partner(i - 30, i))
+    assert fast._rising
+    assert refs_fast == refs_full and partners_fast == partners_full
+    assert sum(r is not None for r in refs_fast) > n - 20  # the searches did find references
