@@ -19,7 +19,7 @@ from pathlib import Path
 
 from au_annotate.collect import Collector
 from au_annotate.errors import AnnotateError, OutputError
-from au_annotate.manifest import Manifest, _now, sweep_temporaries
+from au_annotate.manifest import Manifest, _now, environment, sweep_temporaries
 from au_annotate.plan import RunPlan, plan_run, resume
 from au_annotate.progress import ProgressHook
 from au_annotate.records import RunReport, VideoResult
@@ -113,7 +113,7 @@ def _start_manifest(plan: RunPlan) -> Manifest:
     sweep_temporaries(plan.out)  # litter of a killed earlier run: never trusted, only removed
     manifest.save(started=_now(), finished=None, interrupted=False, inputs=list(plan.paths),
                   settings=plan.settings.as_dict(), model={"name": plan.model.name, "sha256": plan.model.sha256},
-                  summary=None, elapsed_s=None)
+                  environment=environment(), summary=None, elapsed_s=None)
     return manifest
 
 

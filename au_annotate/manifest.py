@@ -35,6 +35,19 @@ _RUNTIME_ONLY = frozenset({"jobs", "engine", "ray_address", "quiet", "verbose", 
                            "report", "stall_timeout_s"})
 
 
+def environment() -> dict[str, str]:
+    """The packages and machine that produced a run's numbers (manifest run field `environment`): spotting decisions
+    near a threshold can change sides between OpenCV / numpy builds and CPUs, so a run records what made it."""
+    import platform
+
+    import cv2
+    import torch
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
+            "torch": torch.__version__, "machine": platform.machine(), "system": platform.system(),
+            "processor": platform.processor() or "unknown"}
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

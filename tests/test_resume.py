@@ -89,6 +89,20 @@ def test_rerun_skips_done_videos_and_leaves_outputs_untouched(first_run, videos:
     assert rows == [ln for ln in combined.splitlines() if not ln.startswith("#")] and len(rows) > 3  # rebuilt from CSVs
 
 
+def test_manifest_records_the_environment_that_made_the_numbers(first_run) -> None:
+    """The run field `environment` names the package versions and the machine (spotting near a threshold depends on
+    them), with the versions actually imported."""
+    import platform
+
+    import cv2
+    import numpy as np
+
+    env = first_run[1]["environment"]
+    assert env["opencv"] == cv2.__version__ and env["numpy"] == np.__version__
+    assert env["python"] == platform.python_version() and env["machine"] == platform.machine()
+    assert set(env) == {"python", "numpy", "opencv", "torch", "machine", "system", "processor"}
+
+
 def test_overwrite_recomputes(first_run, videos: Path, weights: str) -> None:
     out, before, outputs = first_run
     after = _run(videos, out, weights, "--overwrite")
