@@ -39,13 +39,16 @@ def environment() -> dict[str, str]:
     """The packages and machine that produced a run's numbers (manifest run field `environment`): spotting decisions
     near a threshold can change sides between OpenCV / numpy builds and CPUs, so a run records what made it."""
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
     import cv2
-    import torch
 
-    return {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
-            "torch": torch.__version__, "machine": platform.machine(), "system": platform.system(),
-            "processor": platform.processor() or "unknown"}
+    try:
+        torch = version("torch")  # the installed version, without importing torch here (au_annotate.infer does that)
+    except PackageNotFoundError:
+        torch = "not installed"
+    return {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__, "torch": torch,
+            "machine": platform.machine(), "system": platform.system(), "processor": platform.processor() or "unknown"}
 
 
 def _now() -> str:
