@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 
 import cv2
+from real_spotting import ping_pong
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -59,12 +60,6 @@ def tracked_faces(path: Path, max_frames: int) -> tuple[float, list]:
             if len(faces) >= max_frames:
                 break
     return stream.info.fps, faces
-
-
-def ping_pong(faces: list, n: int) -> list:
-    """`n` frames by playing `faces` forward and backward (no jump cut)."""
-    order = list(range(len(faces))) + list(range(len(faces) - 2, 0, -1))
-    return [faces[order[i % len(order)]] for i in range(n)]
 
 
 def cpu_ms_per_frame(module: ModuleType, fps: float, faces: list) -> tuple[float, int]:
@@ -106,7 +101,7 @@ def main() -> None:
         ratios = []
         for name, path in videos.items():
             fps, faces = tracked_faces(path, args.frames)
-            seq = ping_pong(faces, args.frames)
+            seq = [faces[i] for i in ping_pong(len(faces), args.frames)]  # forward and backward: no jump cut
             best = {"b": float("inf"), "c": float("inf")}
             count = {}
             for _ in range(args.repeats):
