@@ -769,7 +769,7 @@ class RoiFlowSpotter:
         return end - t0
 
     def _extent(self, cand: _Candidate, apex_crop: np.ndarray, lm: np.ndarray, fid: tuple[str, int], active: tuple[int, ...],
-                side: int, walked: dict[int, np.ndarray] | None = None) -> int | None:
+                side: int, walked: dict[int, np.ndarray]) -> int | None:
         """Onset (side -1) or offset (+1): where the displacement from the apex levels off at its first plateau.
 
         Walking away from the apex, the displacement of the active regions relative to the apex grows while the
@@ -789,8 +789,7 @@ class RoiFlowSpotter:
                 stalled = True  # no face / stream edge: the movement is cut here
                 break
             motion = self._region_motion(apex_crop, item[0], lm)
-            if walked is not None:
-                walked[cand.apex + side * j] = motion
+            walked[cand.apex + side * j] = motion
             m = float(np.linalg.norm(motion[list(active)], axis=1).mean())
             offsets.append(j)
             mags.append(m)
