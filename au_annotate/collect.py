@@ -93,7 +93,7 @@ class Collector:
                 job=work.job, status="done", info=work.info, segments=segs, frames=work.frames,
                 frames_with_face=work.frames_with_face, faces=work.faces, elapsed_s=work.elapsed_s,
                 signal=work.signal, unreported=work.unreported, decoded_s=work.decoded_s,
-                stage_s=work.times.as_dict())))
+                stage_s=work.times.as_dict(), floors=work.floors)))
 
     def _predict(self, pictures: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()

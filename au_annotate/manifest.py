@@ -122,7 +122,9 @@ class Manifest:
         if warning is None and result.status == "done" and result.info is not None:  # quality gate: au_annotate.quality
             gated = [w.quality for w in result.unreported if w.quality != "ok"]
             ok = sum(1 for s in result.segments if getattr(s, "quality", "ok") == "ok")
-            spot = video_warning(result.info.fps, result.frames, result.frames_with_face, ok, gated)
+            main = result.floors.get("face0") or next(iter(result.floors.values()), None)
+            spot = video_warning(result.info.fps, result.frames, result.frames_with_face, ok, gated,
+                                 main.pct_iod if main is not None else None)
             warning = f"{result.job.path}: {spot}" if spot else None
         self.videos[result.job.rel.as_posix()] = {
             "path": str(result.job.path),
@@ -137,6 +139,8 @@ class Manifest:
             "segments": len(result.segments),
             "micro": sum(1 for s in result.segments if s.kind == "micro" and getattr(s, "quality", "ok") == "ok"),
             "macro": sum(1 for s in result.segments if s.kind == "macro" and getattr(s, "quality", "ok") == "ok"),
+            # per face: how small a movement its micro detector could see, in % of the eye distance
+            "detection_floor": {fid: f.as_dict() for fid, f in result.floors.items()},
             "elapsed_s": round(result.elapsed_s, 3),
             "key": key,
             "outputs": outputs,

@@ -35,7 +35,7 @@ from au_annotate.decode import (
 from au_annotate.errors import one_line
 from au_annotate.face import FaceDetector, FaceTracker, parse_faces
 from au_annotate.flow import picture_for
-from au_annotate.records import AlignedFace, FlowSample, VideoInfo, VideoJob, Window
+from au_annotate.records import AlignedFace, DetectionFloor, FlowSample, VideoInfo, VideoJob, Window
 from au_annotate.settings import Settings
 from au_annotate.spot import Spotter, make_spotter
 from au_annotate.work import StageTimes, VideoFailure, VideoWork
@@ -131,6 +131,7 @@ class VideoRun:
         self.times = StageTimes()
         self.samples: list[FlowSample] = []
         self.unreported: list[Window] = []
+        self.floors: dict[str, DetectionFloor] = {}  # per face id: how small a movement its spotter could see
         self.signals = _Signals()  # the report's timeline follows face0 (the largest face at first detection)
         self.tracks: dict[str, FaceState] = {}  # per face id: its own spotter and crop buffer
         self.recent_pts: deque[tuple[int, float]] = deque(maxlen=1)  # grown to the longest buffer (frame -> time)
@@ -202,7 +203,7 @@ class VideoRun:
             self._emit(windows, state)
         if len(self.tracks) > len(present):
             for face_id in [f for f in self.tracks if f not in alive]:  # forgotten by the tracker: finish and drop
-                self._flush(self.tracks.pop(face_id))
+                self._flush(face_id, self.tracks.pop(face_id))
         self._pending_frames += 1
         if self.on_frames and self._pending_frames >= 25:
             self.on_frames(self._pending_frames)
@@ -216,10 +217,14 @@ class VideoRun:
         if self.recent_pts.maxlen is not None and self.recent_pts.maxlen < state.buffer.capacity + 1:
             self.recent_pts = deque(self.recent_pts, maxlen=state.buffer.capacity + 1)
 
-    def _flush(self, state: FaceState) -> None:
+    def _flush(self, face_id: str, state: FaceState) -> None:
         t0 = time.perf_counter()
         windows = state.spotter.flush()
+        floor = state.spotter.detection_floor()
         self.times.spot += time.perf_counter() - t0
+        known = self.floors.get(face_id)
+        if floor is not None and (known is None or floor.steps > known.steps):  # a face id tracked twice: the longer
+            self.floors[face_id] = floor
         self._emit(windows, state)
 
     def _emit(self, windows: list[Window], state: FaceState) -> None:
@@ -249,8 +254,8 @@ class VideoRun:
         self.times.flow += time.perf_counter() - t0
 
     def _finish(self) -> None:
-        for state in self.tracks.values():
-            self._flush(state)
+        for face_id, state in self.tracks.items():
+            self._flush(face_id, state)
         if self.on_frames and self._pending_frames:
             self.on_frames(self._pending_frames)
             self._pending_frames = 0
@@ -265,7 +270,8 @@ class VideoRun:
         return VideoWork(job=self.job, info=info, samples=self.samples, frames=self.frames,
                          frames_with_face=self.with_face, faces=len(self.tracker.face_ids),
                          signal=self.signals.array(), times=self.times, decoded_s=self.last_pts + 1.0 / self.fps,
-                         unreported=tuple(sorted(self.unreported, key=lambda w: (w.onset, w.apex))))
+                         unreported=tuple(sorted(self.unreported, key=lambda w: (w.onset, w.apex))),
+                         floors=dict(sorted(self.floors.items())))
 
 
 def process_video(

@@ -29,6 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 QUALITIES = ("ok", "occlusion", "head_motion", "tracking_lost", "lighting")
+# a video's detection floor (records.DetectionFloor) at or above this share of the eye distance gets a warning: the top
+# of the subtle range (1-3 px per 100 px between the eyes) that the planted-on-real benchmark plants, in region motion
+INSENSITIVE_PCT_IOD = 3.0
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,12 @@ def label_window(frames: Sequence[FrameSignals | None], steps: Sequence[StepSign
     return "ok"
 
 
-def video_warning(fps: float, frames: int, frames_with_face: int, reported: int, gated: Sequence[str]) -> str | None:
+def video_warning(fps: float, frames: int, frames_with_face: int, reported: int, gated: Sequence[str],
+                  floor_pct_iod: float | None = None) -> str | None:
     """One line for the run manifest when a video's spotting is not to be trusted (None when nothing to say).
 
-    `reported` counts the windows written with quality ok, `gated` lists the other windows' quality labels."""
+    `reported` counts the windows written with quality ok, `gated` lists the other windows' quality labels,
+    `floor_pct_iod` is the main face's detection floor (records.DetectionFloor.pct_iod)."""
     notes = []
     if 0 < fps < 10:
         notes.append(f"{fps:.3g} fps is too slow for micro-expressions (0.2-0.5 s span 1-5 frames)")
@@ -100,4 +105,9 @@ def video_warning(fps: float, frames: int, frames_with_face: int, reported: int,
             counts[q] = counts.get(q, 0) + 1
         top = ", ".join(f"{q} x{n}" for q, n in sorted(counts.items(), key=lambda kv: -kv[1]))
         notes.append(f"{len(gated)} of {len(gated) + reported} candidate windows not reported ({top})")
-    return "spotting unreliable: " + "; ".join(notes) if notes else None
+    line = "spotting unreliable: " + "; ".join(notes) if notes else ""
+    if floor_pct_iod is not None and floor_pct_iod >= INSENSITIVE_PCT_IOD:
+        line += "; " if line else ""
+        line += (f"spotting insensitive: the face's own motion puts the micro threshold at {floor_pct_iod:.1f} % of "
+                 "the eye distance (smaller movements are not found)")
+    return line or None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -132,6 +132,21 @@ class Window:
             raise ValueError(f"window must satisfy onset <= apex <= offset, got {self.onset}, {self.apex}, {self.offset}")
 
 
+@dataclass(frozen=True)
+class DetectionFloor:
+    """How small a movement one face's micro detector could see: its threshold (p x each region's noise level) over the
+    stream, in % of the inter-ocular distance (1 % is about 0.6 mm on an adult face). A region whose go-and-return
+    motion stays below its floor is never reported, so a video with a high floor says little by finding nothing."""
+
+    pct_iod: float  # median over the regions of each region's median threshold
+    regions: tuple[tuple[str, float], ...]  # (region name, its median threshold in % of the IOD), spot.ROIS order
+    steps: int  # scored micro steps behind the medians
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form used by the manifest and the JSON writer."""
+        return {"pct_iod": self.pct_iod, "steps": self.steps, "regions": dict(self.regions)}
+
+
 @dataclass(frozen=True, eq=False)
 class FlowSample:
     """The encoded onset->apex flow picture of one window, ready for the model.
@@ -199,6 +214,7 @@ class VideoResult:
     unreported: tuple[Window, ...] = ()
     decoded_s: float = 0.0  # seconds of video actually decoded (less than info.duration_s for a truncated file)
     stage_s: dict[str, float] | None = None  # CPU pipeline seconds per stage (decode wait, face, spot, flow)
+    floors: dict[str, DetectionFloor] = field(default_factory=dict)  # per face id (DetectionFloor); {} if unknown
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,9 @@ The default spotter, "roi-flow", follows the no-training optical-flow recipe (He
    tracking_lost, lighting) from the template score, crop brightness, the rigid fit's rotation/scale and the spread
    of the residual over the face around it; the pipeline reports only "ok" ones unless `gated = "label"`. An optional
    local noise level (`context_s`) raises a region's threshold while that region keeps moving around the event.
+9. Detection floor (`detection_floor()`, records.DetectionFloor): the thresholds each region was held to, as medians
+   over the stream in % of the inter-ocular distance, so a video that yields nothing says how small a movement it
+   could have shown (bounded histograms; measured in docs/spotting.md, round 8).
 
 All durations are in seconds and converted with the video's nominal frame rate; every buffer is a ring sized from
 seconds, so the state is bounded for any video length. A window is emitted at most `max_latency_frames` frames after its
@@ -68,7 +71,7 @@ import numpy as np
 from au_annotate.errors import check_keys
 from au_annotate.megc import iou
 from au_annotate.quality import FrameSignals, GateConfig, StepSignals, label_window
-from au_annotate.records import AlignedFace, Window
+from au_annotate.records import AlignedFace, DetectionFloor, Window
 
 REF_SIZE = 224.0  # motion is reported in pixels of a 224-px aligned crop, whatever the crop and flow sizes
 
@@ -185,6 +188,8 @@ class Spotter(Protocol):
 
     def flush(self) -> list[Window]: ...
 
+    def detection_floor(self) -> DetectionFloor | None: ...
+
 
 class _Ring:
     """Fixed-size store keyed by frame index (older entries are overwritten): bounded memory for any stream length."""
@@ -233,6 +238,46 @@ class _History:
         return self._level
 
 
+class _LevelRecord:
+    """Bounded record of a stream's per-region values (px of a 224-px crop) for their medians at the end: a histogram
+    of 512 log-spaced bins from `lo` to `hi` per region (0.001-100 px: 2.3 % wide, the median to about 1.2 %), whatever
+    the stream's length (48 KB for the 12 regions)."""
+
+    def __init__(self, n: int, lo: float = 1e-3, hi: float = 1e2) -> None:
+        self.edges = np.geomspace(lo, hi, 513)
+        self.counts = np.zeros((n, len(self.edges) - 1), np.int64)
+        self._rows = np.arange(n)
+        self._held: np.ndarray | None = None  # a repeated value is counted in one go (the noise level is cached)
+        self._held_n = 0
+
+    def add(self, values: np.ndarray, count: int = 1, same: bool = False) -> None:
+        """Count `values` (one per region) `count` times; `same`: they equal the previous call's (only counted)."""
+        if same and self._held is not None:
+            self._held_n += count
+            return
+        self._settle()
+        self._held, self._held_n = values, count
+
+    def _settle(self) -> None:
+        if self._held is not None and self._held_n:
+            bins = np.clip(np.searchsorted(self.edges, self._held, side="right") - 1, 0, self.counts.shape[1] - 1)
+            self.counts[self._rows, bins] += self._held_n
+        self._held, self._held_n = None, 0
+
+    @property
+    def total(self) -> int:
+        self._settle()
+        return int(self.counts[0].sum())
+
+    def medians(self) -> np.ndarray:
+        """Each region's median (the geometric centre of its median bin); NaN before the first value."""
+        total = self.total
+        if not total:
+            return np.full(len(self.counts), np.nan)
+        b = np.argmax(np.cumsum(self.counts, axis=1) >= (total + 1) / 2, axis=1)
+        return np.sqrt(self.edges[b] * self.edges[b + 1])
+
+
 @dataclass(eq=False)
 class _Candidate:
     apex: int
@@ -275,7 +320,10 @@ class _Detector:
         self._mag = np.zeros((ring, len(ROIS)), np.float32)
         self._mag_key = np.full(ring, -1, np.int64)
         self._mag_t = np.zeros(ring, np.float64)
-        self.pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = []  # (c, raw, vectors, local level)
+        # (c, raw, vectors, local level, whether the score comes from real motion at c and at its partner)
+        self.pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None, bool]] = []
+        self.thresholds = _LevelRecord(len(ROIS))  # every scored step's per-region threshold: the detection floor
+        self._recorded: np.ndarray | None = None  # the noise level whose threshold `thresholds` holds last
         self.next_c = 0  # next step whose transient score waits for its partner
         self.run: _Candidate | None = None
         self.candidates: list[_Candidate] = []  # closed peaks waiting to be settled, in apex order
@@ -362,7 +410,8 @@ class _Detector:
             else:
                 raw = np.sqrt(np.maximum(0.0, -np.sum(a * b, axis=1)))
                 vec = a
-            self.pending.append((self.next_c, raw, vec, self._local_level(self.next_c, c_s)))
+            local = self._local_level(self.next_c, c_s)
+            self.pending.append((self.next_c, raw, vec, local, a is not None and b is not None))
             self.next_c += 1
 
     def _local_level(self, c: int, newest: int) -> np.ndarray | None:
@@ -390,11 +439,16 @@ class _Detector:
 
     def _decide_pending(self) -> list[tuple[int, float]]:
         """Threshold the waiting scores and run them through the peak logic; their (frame, signal) in order."""
-        base = np.maximum(self.p * self.history.level(), self.floor)
+        level = self.history.level()
+        base = np.maximum(self.p * level, self.floor)
+        same = level is self._recorded  # the cached level has not been refreshed since the last record
         out = []
-        for c, raw, vec, local in self.pending:
+        for c, raw, vec, local, scored in self.pending:
             scores = raw / base  # the shape of the event (blink test, active regions) on the long level
             value = float(scores.max() if local is None else (raw / np.maximum(base, self.p * local)).max())
+            if scored:  # the threshold this step was held to, for the detection floor
+                self.thresholds.add(base if local is None else np.maximum(base, self.p * local), same=same)
+                same, self._recorded = local is None, level if local is None else None
             self._step(c, value, scores, vec)
             out.append((c * self.stride, value))
         self.pending.clear()
@@ -538,6 +592,8 @@ class RoiFlowSpotter:
         # the gate's inputs of the latest windows (apex, label, evidence, head, spread, match level, min match): why
         self.gate_log: deque[tuple] = deque(maxlen=GATE_LOG_SIZE)
         self._emitted: list[Window] = []  # recent windows, to resolve micro/macro overlaps (bounded below)
+        self._iods = _LevelRecord(1, 4.0, 1e3)  # inter-ocular distance of every face frame, px of a 224-px crop
+        self._iod_last = -1.0
 
     # -- per-frame motion --------------------------------------------------------------------------------------------
     def _rois(self, lm: np.ndarray) -> _Geometry:
@@ -633,6 +689,9 @@ class RoiFlowSpotter:
             crop = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
         small = cv2.resize(crop, (n, n), interpolation=cv2.INTER_AREA)
         lm = np.asarray(face.landmarks, np.float64) * (n / crop.shape[0])
+        iod = math.hypot(lm[1, 0] - lm[0, 0], lm[1, 1] - lm[0, 1]) * REF_SIZE / n
+        self._iods.add(np.array([iod]), same=iod == self._iod_last)
+        self._iod_last = iod
         track = (face.face_id, getattr(face, "epoch", 0))  # crops of one tracking epoch are pixel-aligned
         self.crops.put(index, (small, lm, track))
         match = float(getattr(face, "match", 1.0))
@@ -658,6 +717,18 @@ class RoiFlowSpotter:
             # frames after the last one have no k-forward motion; score what can be scored
             self._signal(det, det.flush_pending())
         return self._collect(final=True)
+
+    def detection_floor(self) -> DetectionFloor | None:
+        """The micro detector's per-region thresholds over the stream so far, in % of the median inter-ocular distance
+        (records.DetectionFloor); None before the first scored step. Motion in 224-px crop units over the IOD in the
+        same units, so it holds for any face size; a median of medians, so bounded state for any length."""
+        det = next(d for d in self.detectors if d.name == "micro")
+        if not det.thresholds.total or not self._iods.total:
+            return None
+        pct = 100.0 * det.thresholds.medians() / float(self._iods.medians()[0])
+        return DetectionFloor(pct_iod=round(float(np.median(pct)), 3),
+                              regions=tuple((name, round(float(v), 3)) for name, v in zip(ROI_NAMES, pct, strict=True)),
+                              steps=det.thresholds.total)
 
     def _signal(self, det: _Detector, items: list[tuple[int, float]]) -> None:
         """Report each decided sample to `on_signal(detector, frame, value)`: the value its threshold applies to."""

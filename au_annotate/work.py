@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from au_annotate.records import FlowSample, VideoInfo, VideoJob, Window
+from au_annotate.records import DetectionFloor, FlowSample, VideoInfo, VideoJob, Window
 
 
 @dataclass
@@ -44,6 +44,7 @@ class VideoWork:
     elapsed_s: float = 0.0
     decoded_s: float = 0.0  # seconds of video actually decoded (last frame's time + one frame)
     unreported: tuple[Window, ...] = ()  # windows found but not reported (blinks, unless asked to keep them)
+    floors: dict[str, DetectionFloor] = field(default_factory=dict)  # per face id: its micro detector's floor
 
 
 @dataclass

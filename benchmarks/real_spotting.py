@@ -31,6 +31,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -40,6 +41,9 @@ from au_annotate.decode import open_video
 from au_annotate.face import FaceTracker
 from au_annotate.megc import Interval, evaluate
 from au_annotate.records import Frame, Window
+
+if TYPE_CHECKING:  # a type only: the script also runs an older tree's au_annotate (PYTHONPATH) for a baseline
+    from au_annotate.records import DetectionFloor
 from au_annotate.spot import make_spotter
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "face-videos"
@@ -137,9 +141,10 @@ def plant(image: np.ndarray, lm: np.ndarray, action: str, disp_px: float) -> np.
 
 
 def run_pass(frames: list[Frame], order: list[int], fps: float, spot: dict, plants: list[Plant] | None,
-             geometry: dict[int, np.ndarray] | None) -> tuple[list[tuple[str, Window]], dict[int, np.ndarray], float]:
+             geometry: dict[int, np.ndarray] | None) -> tuple[list[tuple[str, Window]], dict[int, np.ndarray], float,
+                                                              DetectionFloor | None]:
     """Face tracking + one spotter per face over the (looped) sequence; windows, face0 landmarks per frame (frame
-    pixels), and the spotter's seconds."""
+    pixels), the spotter's seconds, and face0's detection floor."""
     tracker = FaceTracker(fps, redetect_every_s=10.0)
     spotters: dict[str, object] = {}
     out: list[tuple[str, Window]] = []
@@ -172,7 +177,9 @@ def run_pass(frames: list[Frame], order: list[int], fps: float, spot: dict, plan
     for fid, sp in spotters.items():
         out.extend((fid, w) for w in sp.flush())  # type: ignore[attr-defined]
     spot_s += time.perf_counter() - t0
-    return out, lms, spot_s
+    face0 = spotters.get("face0")
+    floor = getattr(face0, "detection_floor", lambda: None)() if face0 is not None else None  # older spotters: none
+    return out, lms, spot_s, floor
 
 
 def schedule(geometry: dict[int, np.ndarray], total: int, fps: float, seed: int, amp_scale: float = 1.0) -> list[Plant]:
@@ -211,7 +218,7 @@ def bench_video(path: Path, seconds: float, spot: dict, seed: int, amp_scale: fl
     turns = [i for i in range(1, total - 1) if (order[i] - order[i - 1]) * (order[i + 1] - order[i]) < 0]
     minutes = total / fps / 60
     t0 = time.perf_counter()
-    clean, geo, spot_s = run_pass(frames, order, fps, spot, None, None)
+    clean, geo, spot_s, floor = run_pass(frames, order, fps, spot, None, None)
     near_turn = int(round(0.3 * fps))
 
     def at_turn(w: Window) -> bool:
@@ -226,10 +233,12 @@ def bench_video(path: Path, seconds: float, spot: dict, seed: int, amp_scale: fl
                  "seconds": round(total / fps, 2),
                  "face0_frames": len(geo), "clean_windows": labels, "fa": len(reported),
                  "fa_per_min": round(len(reported) / minutes, 2),
-                 "fa_at_turnaround": sum(at_turn(w) for _, w in reported), "spot_ms_per_frame": 1000 * spot_s / total}
+                 "fa_at_turnaround": sum(at_turn(w) for _, w in reported), "spot_ms_per_frame": 1000 * spot_s / total,
+                 "floor_pct_iod": floor.pct_iod if floor is not None else None,
+                 "floor_regions": dict(floor.regions) if floor is not None else None}
     plants = schedule(geo, total, fps, seed, amp_scale)
     if plants:
-        planted, _, spot2 = run_pass(frames, order, fps, spot, plants, geo)
+        planted, _, spot2, _ = run_pass(frames, order, fps, spot, plants, geo)
         gt = [Interval(path.name, p.onset, p.offset, "micro", p.apex) for p in plants]
         pred = [Interval(path.name, w.onset, w.offset, w.kind, w.apex) for f, w in planted
                 if f == "face0" and w.kind in ("micro", "macro") and quality_of(w) == "ok"]
@@ -252,6 +261,22 @@ def _count_quality(windows: list[tuple[str, Window]]) -> dict[str, int]:
         k = f"{w.kind}/{quality_of(w)}"
         out[k] = out.get(k, 0) + 1
     return out
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (ties get their average rank); NaN when either side is constant."""
+    def ranks(v: list[float]) -> np.ndarray:
+        a = np.asarray(v, np.float64)
+        order = np.argsort(a, kind="stable")
+        r = np.empty(len(a))
+        r[order] = np.arange(len(a), dtype=np.float64)
+        for value in np.unique(a):  # average rank within ties
+            r[a == value] = r[a == value].mean()
+        return r
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,12 +314,18 @@ def main(argv: list[str] | None = None) -> int:
                "precision": round(tp / max(npred, 1), 3),
                "spot_ms_per_frame": round(float(np.mean([r["spot_ms_per_frame"] for r in ok])), 3), "spot": spot,
                "amp_scale": args.amp_scale}
-    print("\n| video | s (looped) | FA/min | FA at turn | planted | TP | micro pred | recall | precision |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    # does the detection floor tell where subtle events can be found? (rule fixed before its first run: docs/spotting.md)
+    scored = [r for r in ok if r.get("planted", 0) >= 8 and r.get("floor_pct_iod") is not None]
+    summary["floor_recall_spearman"] = (round(spearman([r["floor_pct_iod"] for r in scored],
+                                                       [r["recall"] for r in scored]), 3) if len(scored) >= 3 else None)
+    summary["floor_videos"] = len(scored)
+    print("\n| video | s (looped) | floor % IOD | FA/min | FA at turn | planted | TP | micro pred | recall | precision |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in ok:
-        print(f"| {r['video']} | {r['seconds']}{' (l)' if r['looped'] else ''} | {r['fa_per_min']} | "
-              f"{r['fa_at_turnaround']} | {r.get('planted', 0)} | {r.get('tp', 0)} | {r.get('micro_pred', 0)} | "
-              f"{r.get('recall', '-')} | {r.get('precision', '-')} |")
+        fl = r.get("floor_pct_iod")
+        print(f"| {r['video']} | {r['seconds']}{' (l)' if r['looped'] else ''} | {'-' if fl is None else fl} | "
+              f"{r['fa_per_min']} | {r['fa_at_turnaround']} | {r.get('planted', 0)} | {r.get('tp', 0)} | "
+              f"{r.get('micro_pred', 0)} | {r.get('recall', '-')} | {r.get('precision', '-')} |")
     print(json.dumps(summary))
     if args.output:
         args.output.write_text(json.dumps({"summary": summary, "videos": rows}, indent=1))

@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             frames = 0
             times = {"decode_wait": 0.0, "face": 0.0, "spot": 0.0, "flow": 0.0, "decode_only": 0.0}
             blinks = {"planted": 0, "labelled_blink": 0}
+            floors = []  # face0's detection floor per clip (% of the eye distance; real videos: docs/spotting.md)
             for spec, video in items:
                 rel = PurePosixPath(video.path.relative_to(workdir).as_posix())
                 job = VideoJob(path=video.path, rel=rel, out_dir=pred_dir)
@@ -207,10 +208,12 @@ def main(argv: list[str] | None = None) -> int:
                 times["decode_only"] += dec_s
                 blinks["planted"] += sum(e.kind == "blink" for e in video.events)
                 blinks["labelled_blink"] += sum(w.kind == "blink" for w in windows)
+                floor = work.floors.get("face0")
+                floors += [floor.pct_iod] if floor is not None else []
                 print(f"[run] {set_name}/{spec.name}: {work.frames} frames, face in {work.frames_with_face}, "
                       f"{len(windows)} windows ({sum(w.kind == 'micro' for w in windows)} micro, "
                       f"{sum(w.kind == 'macro' for w in windows)} macro, {sum(w.kind == 'blink' for w in windows)} "
-                      f"blink) in {wall:.1f} s", flush=True)
+                      f"blink), detection floor {floor.pct_iod if floor else '-'} % IOD, in {wall:.1f} s", flush=True)
             gt = read_ground_truth(gt_path)
             pred = read_predictions(pred_dir)
             score = evaluate(gt, pred)
@@ -222,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 "fp_per_min": {k: round(c.fp / duration_min, 3) for k, c in score.by_kind.items()},
                 "ms_per_frame": {k: round(v, 3) for k, v in per_frame_ms.items()},
                 "blinks": blinks,
+                "floor_pct_iod": floors,
             }
     finally:
         if tmp is not None:

@@ -12,10 +12,18 @@ import pytest
 from synth import PlantedEvent, crop_aligned, iter_frames
 
 from au_annotate.pipeline import process_video
-from au_annotate.quality import QUALITIES, FrameSignals, GateConfig, StepSignals, label_window, video_warning
-from au_annotate.records import VideoJob
+from au_annotate.quality import (
+    INSENSITIVE_PCT_IOD,
+    QUALITIES,
+    FrameSignals,
+    GateConfig,
+    StepSignals,
+    label_window,
+    video_warning,
+)
+from au_annotate.records import AlignedFace, VideoJob
 from au_annotate.settings import DEFAULTS
-from au_annotate.spot import RoiFlowSpotter
+from au_annotate.spot import ROI_NAMES, RoiFlowSpotter
 
 pytest.importorskip("skimage")
 
@@ -44,6 +52,64 @@ def test_video_warning_is_one_line() -> None:
     assert video_warning(30.0, 300, 300, 3, ["head_motion"]) is None
     w = video_warning(5.0, 300, 100, 1, ["occlusion"] * 6)
     assert w is not None and "\n" not in w and "fps" in w and "33 %" in w and "occlusion x6" in w
+
+
+def test_video_warning_names_a_high_detection_floor() -> None:
+    """A floor at or above INSENSITIVE_PCT_IOD of the eye distance is one note of the line, below it nothing."""
+    assert video_warning(30.0, 300, 300, 3, [], floor_pct_iod=INSENSITIVE_PCT_IOD - 0.01) is None
+    w = video_warning(30.0, 300, 300, 3, [], floor_pct_iod=4.25)
+    assert w is not None and "\n" not in w and "4.2 % of the eye distance" in w
+
+
+def _still_face(index: int, iod: float) -> AlignedFace:
+    lm = np.array([[112 - iod / 2, 90], [112 + iod / 2, 90], [112, 125], [90, 160], [134, 160]], np.float32)
+    return AlignedFace(index=index, pts_s=index / 30.0, face_id="face0", crop=np.full((224, 224), 128, np.uint8),
+                       landmarks=lm, box=(0.0, 0.0, 224.0, 224.0), match=0.95)
+
+
+@pytest.mark.parametrize("iod", [50.0, 90.0])
+def test_detection_floor_is_p_times_each_regions_noise_over_the_eye_distance(
+        monkeypatch: pytest.MonkeyPatch, iod: float) -> None:
+    """Region r moving 0.1 (r + 1) px per k (224-px crop units) has a floor of 100 * p * 0.1 (r + 1) / IOD % (to the
+    records' bin precision: 1.2 % for the threshold, 0.5 % for the IOD); the video's figure is the median over the regions; a still face sits at the
+    threshold's own floor, min_motion_px."""
+    motion = (0.1 * np.arange(1, len(ROI_NAMES) + 1, dtype=np.float32))[:, None] * np.array([[0.6, 0.8]], np.float32)
+    monkeypatch.setattr(RoiFlowSpotter, "_region_motion", lambda self, a, b, lm, stats=False: motion)
+    sp = RoiFlowSpotter(30.0)
+    for i in range(300):
+        sp.process_frame(i, i / 30.0, _still_face(i, iod))
+    assert sp.flush() == []  # a constant motion never goes and comes back
+    floor = sp.detection_floor()
+    assert floor is not None and floor.steps > 200
+    want = 100 * 4.0 * 0.1 * np.arange(1, len(ROI_NAMES) + 1) / iod
+    got = np.array([v for _, v in floor.regions])
+    assert [n for n, _ in floor.regions] == list(ROI_NAMES)
+    np.testing.assert_allclose(got, want, rtol=0.018)
+    assert floor.pct_iod == pytest.approx(float(np.median(got)), rel=1e-3)
+
+    monkeypatch.setattr(RoiFlowSpotter, "_region_motion", lambda self, a, b, lm, stats=False: motion * 0)
+    still = RoiFlowSpotter(30.0)
+    for i in range(300):
+        still.process_frame(i, i / 30.0, _still_face(i, iod))
+    still.flush()
+    floor = still.detection_floor()
+    assert floor is not None and floor.pct_iod == pytest.approx(100 * 0.1 / iod, rel=0.018)
+
+
+def test_detection_floor_rises_with_the_faces_own_motion() -> None:
+    """Rendered faces: sensor noise of sigma 8 gives the flow more motion to ignore than sigma 2, so a higher floor;
+    no face yet, no floor."""
+    floors = []
+    for sigma in (2.0, 8.0):
+        sp = RoiFlowSpotter(30.0)
+        assert sp.detection_floor() is None
+        for f in iter_frames(fps=30.0, duration_s=3.0, size=SIZE, noise_sigma=sigma, seed=1):
+            sp.process_frame(f.index, f.pts_s, crop_aligned(f, quantum=2.0))
+        sp.flush()
+        floor = sp.detection_floor()
+        assert floor is not None
+        floors.append(floor.pct_iod)
+    assert floors[1] > 2 * floors[0], floors
 
 
 def _spot(frames, fps: float) -> list:  # noqa: ANN001

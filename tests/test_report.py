@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from au_annotate.records import RunReport, Segment, VideoInfo, VideoJob, VideoResult, Window
+from au_annotate.records import DetectionFloor, RunReport, Segment, VideoInfo, VideoJob, VideoResult, Window
 from au_annotate.writers import WriteContext
 from au_annotate.writers.report import FONT_PT, _heatmap, _timeline, render_report, timeline_layout, write_report
 
@@ -43,8 +43,9 @@ def _result(tmp: Path, rel: str, n_segments: int, status: str = "done", signal: 
     info = VideoInfo(path=job.path, backend="test", width=640, height=480, fps=30.0, n_frames=600, duration_s=20.0)
     segs = tuple(_segment(rel, i, 40 * i + 10, "macro" if i == 2 else "micro") for i in range(n_segments))
     sig = np.stack([np.arange(600), np.abs(np.sin(np.arange(600) / 9.0))], axis=1) if signal else None
+    floors = {"face0": DetectionFloor(pct_iod=2.345, regions=(("brow_l", 2.345),), steps=580)} if n_segments else {}
     return VideoResult(job=job, status="done", info=info, segments=segs, frames=600, frames_with_face=590, faces=1,
-                       elapsed_s=3.0, signal=sig)  # fmt: skip
+                       elapsed_s=3.0, signal=sig, floors=floors)  # fmt: skip
 
 
 @pytest.fixture
@@ -117,6 +118,8 @@ def test_report_structure_and_self_contained(run: RunReport, tmp_path: Path) -> 
                      "spotting timeline of b.mp4",
                      "spotting timeline of c.mp4", "AU probabilities of c.mp4"]  # fmt: skip
     assert "<b>&.mp4" not in page  # the file name is escaped, not markup
+    floors = [a for t, a in tags if t == "span" and "floor" in _classes(a)]  # the videos that have one: 2 of 3
+    assert len(floors) == 2 and page.count("detection floor 2.35 % of the eye distance") == 2
 
 
 _BAR = re.compile(

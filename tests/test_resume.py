@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from synth import PlantedEvent, make_video
@@ -101,6 +102,19 @@ def test_manifest_records_the_environment_that_made_the_numbers(first_run) -> No
     assert env["opencv"] == cv2.__version__ and env["numpy"] == np.__version__
     assert env["python"] == platform.python_version() and env["machine"] == platform.machine()
     assert set(env) == {"python", "numpy", "opencv", "torch", "machine", "system", "processor"}
+
+
+def test_manifest_records_each_faces_detection_floor(first_run) -> None:
+    """Every annotated video's entry says how small a movement its spotter could see (au_annotate.records.
+    DetectionFloor): face0's floor, its 12 regions in the spotter's order, the steps behind it, in % of the IOD."""
+    from au_annotate.spot import ROI_NAMES
+
+    entries = first_run[1]["videos"]
+    assert entries and all(e["status"] == "done" for e in entries.values())
+    for e in entries.values():
+        floor = e["detection_floor"]["face0"]
+        assert list(floor["regions"]) == list(ROI_NAMES) and floor["steps"] > 0
+        assert 0 < floor["pct_iod"] == pytest.approx(float(np.median(list(floor["regions"].values()))), rel=1e-3)
 
 
 def test_overwrite_recomputes(first_run, videos: Path, weights: str) -> None:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from praatio import textgrid
 
-from au_annotate.records import Segment, VideoInfo, VideoJob, VideoResult
+from au_annotate.records import DetectionFloor, Segment, VideoInfo, VideoJob, VideoResult
 from au_annotate.writers import (
     WRITERS,
     CSVWriter,
@@ -107,6 +107,7 @@ def make_result(
         frames=int(duration_s * fps),
         frames_with_face=int(duration_s * fps),
         faces=1,
+        floors={"face0": DetectionFloor(pct_iod=1.5, regions=(("brow_l", 1.25), ("mouth_l", 1.75)), steps=120)},
     )
 
 
@@ -373,6 +374,8 @@ def test_json_round_trip(result: VideoResult) -> None:
     assert first["active"] == ["AU04", "AU07"] and first["aus"] == "4+7" and first["emotion"] == "anger"
     assert first["probs"]["AU04"] == pytest.approx(0.9, abs=1e-6)
     assert first["onset_frame"] == 30 and first["offset_s"] == pytest.approx(1.4)
+    assert doc["video"]["detection_floor"] == {"face0": {"pct_iod": 1.5, "steps": 120,
+                                                         "regions": {"brow_l": 1.25, "mouth_l": 1.75}}}
 
 
 def test_textgrid_round_trip(result: VideoResult) -> None:

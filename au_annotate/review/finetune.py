@@ -89,6 +89,10 @@ class _ScriptedSpotter:
         out, self._todo = self._todo, []
         return out
 
+    def detection_floor(self) -> None:
+        """No detector, so no floor."""
+        return None
+
 
 def extract_flow(video: Path, rel: str, windows: dict[str, list[Window]], settings: Settings) -> dict[
     tuple[str, int, int], np.ndarray

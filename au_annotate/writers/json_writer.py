@@ -4,7 +4,8 @@ Shape (``schema`` = "au-annotate/segments-v1")::
 
     {"schema": ..., "metadata": {tool, tool_version, model_name, model_sha256, created, settings},
      "video": {path, rel, status, error, info: {backend, pixels, width, height, fps, n_frames, duration_s} | null,
-               frames, frames_with_face, faces, elapsed_s},
+               frames, frames_with_face, faces, elapsed_s,
+               detection_floor: {face_id: {pct_iod, steps, regions: {brow_l: ..., ...}}}},
      "au_names": ["AU04", ...],
      "segments": [{video, face_id, segment_id, kind, onset_frame, apex_frame, offset_frame, onset_s, apex_s, offset_s,
                    duration_s, score, aus, active: ["AU04", ...], emotion, rule, probs: {"AU04": 0.91, ...}}]}
@@ -65,6 +66,8 @@ def video_document(result: VideoResult, ctx: WriteContext) -> dict[str, Any]:
                 "frames_with_face": result.frames_with_face,
                 "faces": result.faces,
                 "elapsed_s": result.elapsed_s,
+                # how small a movement each face's spotter could see, in % of the eye distance (records.DetectionFloor)
+                "detection_floor": {fid: f.as_dict() for fid, f in result.floors.items()},
             }
         ),
         "au_names": list(au_names_of(result.segments, ctx.au_names)),

@@ -434,6 +434,10 @@ def _video_section(i: int, result: VideoResult) -> str:
                   f"{info.duration_s:.1f} s", f"decoder {_e(info.backend)} ({_e(info.pixels)})"]  # fmt: skip
     if result.frames:
         facts.append(f"face in {result.frames_with_face}/{result.frames} frames")
+    floor = result.floors.get("face0")
+    if floor is not None:  # how small a movement the spotter could see (records.DetectionFloor)
+        facts.append(f'<span class="floor" title="micro threshold, median over the regions: smaller movements are not '
+                     f'found">detection floor {floor.pct_iod:.2f} % of the eye distance</span>')
     facts.append(f"processed in {result.elapsed_s:.1f} s")
     parts = [
         f'<section class="video" id="video-{i}" data-video="{_e(job.rel.as_posix())}" data-segments="{len(segs)}">',
