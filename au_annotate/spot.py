@@ -250,13 +250,13 @@ class _LevelRecord:
         self._held: np.ndarray | None = None  # a repeated value is counted in one go (the noise level is cached)
         self._held_n = 0
 
-    def add(self, values: np.ndarray, count: int = 1, same: bool = False) -> None:
-        """Count `values` (one per region) `count` times; `same`: they equal the previous call's (only counted)."""
+    def add(self, values: np.ndarray, same: bool = False) -> None:
+        """Count `values` (one per region); `same`: they equal the previous call's (counted again, nothing binned)."""
         if same and self._held is not None:
-            self._held_n += count
+            self._held_n += 1
             return
         self._settle()
-        self._held, self._held_n = values, count
+        self._held, self._held_n = values, 1
 
     def _settle(self) -> None:
         if self._held is not None and self._held_n:
@@ -441,14 +441,16 @@ class _Detector:
         """Threshold the waiting scores and run them through the peak logic; their (frame, signal) in order."""
         level = self.history.level()
         base = np.maximum(self.p * level, self.floor)
-        same = level is self._recorded  # the cached level has not been refreshed since the last record
         out = []
         for c, raw, vec, local, scored in self.pending:
             scores = raw / base  # the shape of the event (blink test, active regions) on the long level
             value = float(scores.max() if local is None else (raw / np.maximum(base, self.p * local)).max())
-            if scored:  # the threshold this step was held to, for the detection floor
-                self.thresholds.add(base if local is None else np.maximum(base, self.p * local), same=same)
-                same, self._recorded = local is None, level if local is None else None
+            if scored and local is None:  # the threshold this step was held to, for the detection floor
+                self.thresholds.add(base, same=level is self._recorded)  # same cached level: the same threshold
+                self._recorded = level
+            elif scored:
+                self.thresholds.add(np.maximum(base, self.p * local))
+                self._recorded = None
             self._step(c, value, scores, vec)
             out.append((c * self.stride, value))
         self.pending.clear()
