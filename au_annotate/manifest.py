@@ -200,5 +200,6 @@ def segments_from_csv(path: Path, video: str) -> tuple[Segment, ...]:
             aus=text["aus"], emotion=text["emotion"], rule=text["rule"], emotion_model=text["emotion_model"],
             emotion_model_p=float(model_p) if model_p is not None and model_p == model_p else float("nan"),
             uncalibrated=uncalibrated, quality=str(r.get("quality", "ok") or "ok"),
+            context=str(r.get("context", "") or ""),
         ))
     return tuple(out)

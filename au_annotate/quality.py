@@ -10,7 +10,9 @@ Signals (all are by-products of what the spotter and the tracker compute anyway)
 - `bright`: mean gray level of the face crop; a change of more than `lighting_jump` (a share of the level) between
   frames k apart inside the window is `lighting`.
 - `spread_px`: median residual motion (after the rigid fit) over the whole face; when it reaches `spread_ratio` of the
-  window's own evidence, the motion is not local (a hand, hair, a whole-face movement): `occlusion`.
+  window's own evidence, the motion is not local (a hand, hair, a whole-face movement): `occlusion`. Off by default
+  (`spread_ratio` 0): real smiles and brow raises move the whole face too (docs/spotting.md, round 9); occlusion
+  comes from the landmark model losing the face instead (au_annotate.facestate).
 - `head_px`: mean rotation/scale/shear part of the rigid (affine) motion of the face inside the aligned crop over k
   (its translation is fitted exactly, so it cannot leave fit errors; with the spotter's polynomial `motion_model`
   the smooth non-planar part of the fit counts too), plus the crop's own displacement in the frame
@@ -40,7 +42,7 @@ class GateConfig:
 
     match_drop: float = 0.15
     lighting_jump: float = 0.06
-    spread_ratio: float = 0.5
+    spread_ratio: float = 0.0  # 0: the whole-face spread rule is off (the default: it gated real expressions)
     head_ratio: float = 1.0
     box_weight: float = 0.0  # a translation the tracker follows leaves the crops aligned: not counted by default
 
@@ -80,7 +82,7 @@ def label_window(frames: Sequence[FrameSignals | None], steps: Sequence[StepSign
             return "lighting"
         head_box = max(head_box, 224.0 * float(((b.cx - a.cx) ** 2 + (b.cy - a.cy) ** 2) ** 0.5) / max(b.side, 1.0))
     st = [s for s in steps if s is not None]
-    if st and max(s.spread_px for s in st) >= cfg.spread_ratio * ev:
+    if cfg.spread_ratio > 0 and st and max(s.spread_px for s in st) >= cfg.spread_ratio * ev:
         return "occlusion"
     head = max((s.head_px for s in st), default=0.0) + cfg.box_weight * head_box
     if head > cfg.head_ratio * ev:

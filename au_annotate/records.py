@@ -126,6 +126,7 @@ class Window:
     score: float
     kind: WindowKind
     quality: str = "ok"  # ok | occlusion | head_motion | tracking_lost | lighting (au_annotate.quality.QUALITIES)
+    context: str = ""  # what the face was doing meanwhile, "+"-joined: blink, speech, head_motion, occlusion, no_landmarks
 
     def __post_init__(self) -> None:
         if not (self.onset <= self.apex <= self.offset):
@@ -191,6 +192,7 @@ class Segment:
     flow_image: np.ndarray | None = None  # the 28x28 RGB model input, kept for reports
     apex_crop: np.ndarray | None = None  # small grayscale aligned face at the apex, kept for reports
     quality: str = "ok"  # the window's quality gate (au_annotate.quality): only "ok" segments are counted
+    context: str = ""  # the face state around the window (au_annotate.facestate): blink, speech, head_motion, ...
 
 
 @dataclass(frozen=True, eq=False)

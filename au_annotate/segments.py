@@ -97,6 +97,6 @@ def build_segments(work: VideoWork, probs: np.ndarray, model: ModelBundle) -> tu
             duration_s=round(max(0.0, s.offset_s - s.onset_s), 6), score=float(w.score),
             au_names=model.decoder.au_names, probs=p[i], present=present[i], aus=code, emotion=emotion, rule=rule,
             emotion_model=e_name, emotion_model_p=round(e_p, 6), uncalibrated=model.decoder.uncalibrated,
-            flow_image=s.image, apex_crop=s.apex_thumb, quality=w.quality,
+            flow_image=s.image, apex_crop=s.apex_thumb, quality=w.quality, context=w.context,
         ))
     return tuple(out)

@@ -29,8 +29,10 @@ The default spotter, "roi-flow", follows the no-training optical-flow recipe (He
 7. Duration <= `max_micro_s` is a micro-expression, longer (up to `max_window_s`) a macro-expression; each time scale
    keeps only its own kind, and a macro window over an already reported micro one is dropped. Eye-area-only events whose
    motion at the apex points down (an upper lid closing) are blinks: labelled "blink" (default), dropped, or kept
-   (`blinks`). A micro window must also come back: its net onset->offset motion at most `return_ratio` of its
-   excursion (a held expression is a step, not a micro-expression).
+   (`blinks`). With the landmark model on (`landmarks`, the default), blinks come from the eyes' openness instead,
+   and every window carries its context (speech, blink, head motion; au_annotate/facestate.py). Optionally
+   (`return_ratio` > 0, off by default) a micro window must also come back: its net onset->offset motion at most
+   `return_ratio` of its excursion.
 8. Quality gate (au_annotate/quality.py): every micro/macro window gets a `quality` (ok, occlusion, head_motion,
    tracking_lost, lighting) from the template score, crop brightness, the rigid fit's rotation/scale and the spread
    of the residual over the face around it; the pipeline reports only "ok" ones unless `gated = "label"`. An optional
@@ -69,6 +71,7 @@ import cv2
 import numpy as np
 
 from au_annotate.errors import check_keys
+from au_annotate.facestate import FaceStateCache, WindowContext, explain, plan_samples
 from au_annotate.megc import iou
 from au_annotate.quality import FrameSignals, GateConfig, StepSignals, label_window
 from au_annotate.records import AlignedFace, DetectionFloor, Window
@@ -130,14 +133,19 @@ class SpotConfig:
     extent_fraction: float = 0.8  # onset/offset where the displacement from the apex reaches this share of its plateau
     min_duration_s: float = 0.06  # shorter windows are discarded (flicker)
     blinks: str = "label"  # label | drop | keep: what to do with eye-only downward events
-    return_ratio: float = 0.6  # a micro window's net onset->offset motion must be at most this share of its excursion
+    return_ratio: float = 0.0  # > 0: a micro window's net onset->offset motion must be at most this share of its
+    # excursion (the go-and-return test; off by default since round 9 of docs/spotting.md: real offsets often do not
+    # return to the onset state, and it dropped 24 of 58 real CASME II micro-expressions)
     context_s: float = 0.0  # local noise: a region's median motion this long before/after an event (0: off, default)
     gate: str = "label"  # label: each window gets a quality (au_annotate.quality); off: every window is "ok"
     gated: str = "drop"  # drop: windows with a quality other than ok are not written (report only); label: written
     match_drop: float = 0.15  # gate: tracking_lost when the match falls this far below the track's running median
     lighting_jump: float = 0.06  # gate: lighting when the crop's mean brightness changes this share within k
-    spread_ratio: float = 0.5  # gate: occlusion when the median residual over the face reaches this share of the event
-    head_ratio: float = 1.0  # gate: head_motion when the rigid motion exceeds this multiple of the event's motion
+    spread_ratio: float = 0.0  # gate (> 0): occlusion when the median residual over the face reaches this share of the
+    # event (the whole-face rule; off by default since round 9: it gated real smiles and 14 real CASME II clips)
+    head_ratio: float = 1.0  # gate: head_motion when the rigid motion exceeds this multiple of the event's motion (used
+    # only where the landmark model gives no head pose: with landmarks, head motion comes from the pose)
+    landmarks: str = "on"  # on: blinks, speech, head pose and occlusion from dense landmarks (facestate.py); off: none
 
     @staticmethod
     def from_any(config: SpotConfig | dict[str, Any] | None) -> SpotConfig:
@@ -159,6 +167,8 @@ class SpotConfig:
             raise SpotError(f"blinks must be label, drop or keep, got {self.blinks!r}")
         if self.gate not in ("label", "off") or self.gated not in ("drop", "label"):
             raise SpotError(f"gate must be label or off and gated drop or label, got {self.gate!r}, {self.gated!r}")
+        if self.landmarks not in ("on", "off"):
+            raise SpotError(f"landmarks must be on or off, got {self.landmarks!r}")
         if self.motion_model not in MOTION_DEGREES:
             raise SpotError(f"motion_model must be one of {', '.join(MOTION_DEGREES)}, got {self.motion_model!r}")
         if self.context_s < 0:
@@ -574,7 +584,7 @@ class RoiFlowSpotter:
         # its onset is at most `longest` frames before the apex
         self.max_latency_frames = longest + max(longest, 2 * gap_max) + delay + 2 * warmup_frames + 2
         self.crop_ring_size = self.max_latency_frames + 2
-        self.crops = _Ring(self.crop_ring_size)  # (small crop, small landmarks, (face_id, epoch)) per frame
+        self.crops = _Ring(self.crop_ring_size)  # (small crop, small landmarks, (face_id, epoch), full crop) per frame
         self.times = _Ring(self.crop_ring_size)  # every frame's timestamp (seconds), for real window durations
         # latest frame fed minus onset of the latest window it can emit: radius before the apex, radius after it,
         # the detector delay, and the warm-up at the start of the stream
@@ -596,6 +606,12 @@ class RoiFlowSpotter:
         self._emitted: list[Window] = []  # recent windows, to resolve micro/macro overlaps (bounded below)
         self._iods = _LevelRecord(1, 4.0, 1e3)  # inter-ocular distance of every face frame, px of a 224-px crop
         self._iod_last = -1.0
+        # the face state around candidate windows (au_annotate.facestate): dense landmarks on demand, cached per frame
+        self.states: FaceStateCache | None = None
+        if cfg.landmarks == "on":
+            from au_annotate.landmarks import FaceMesh
+
+            self.states = FaceStateCache(FaceMesh(), size=4 * self.crop_ring_size)
 
     # -- per-frame motion --------------------------------------------------------------------------------------------
     def _rois(self, lm: np.ndarray) -> _Geometry:
@@ -695,7 +711,7 @@ class RoiFlowSpotter:
         self._iods.add(np.array([iod]), same=iod == self._iod_last)
         self._iod_last = iod
         track = (face.face_id, getattr(face, "epoch", 0))  # crops of one tracking epoch are pixel-aligned
-        self.crops.put(index, (small, lm, track))
+        self.crops.put(index, (small, lm, track, face.crop))  # the full crop is the pipeline's own array (no copy)
         match = float(getattr(face, "match", 1.0))
         x, y, w, h = getattr(face, "box", (0.0, 0.0, 1.0, 1.0))
         self.qframes.put(index, FrameSignals(match, float(cv2.mean(small)[0]), x + w / 2, y + h / 2, max(w, h)))
@@ -764,7 +780,7 @@ class RoiFlowSpotter:
         apex_item = self.crops.get(cand.apex)
         if apex_item is None:
             return None
-        apex_crop, lm, fid = apex_item
+        apex_crop, lm, fid, _ = apex_item
         top = float(cand.scores.max())
         active = tuple(int(r) for r in np.flatnonzero(cand.scores >= 0.5 * top))
         walked: dict[int, np.ndarray] = {}  # region motion from the apex crop per frame the walks reached
@@ -776,18 +792,43 @@ class RoiFlowSpotter:
         if duration < self.min_len or duration > self.max_window:
             return None
         kind = "micro" if duration <= self.max_micro else "macro"
-        if kind == "micro" and not cand.blink and self.config.return_ratio > 0 and not self._returns(
+        ctx = self._context(onset, cand.apex, offset)
+        tags = list(ctx.tags()) if ctx is not None else []
+        if ctx is not None and ctx.landmarks:  # blinks from the eyes' state: closed eyes and the motion at the eyes
+            blink = ctx.blink and _eye_area_led(cand)
+        else:  # no landmarks (off, or the model lost the face): the flow shape of a closing upper lid
+            blink = kind == "micro" and cand.blink
+        if blink:
+            tags = [t for t in tags if t != "blink"]
+        if kind == "micro" and not blink and self.config.return_ratio > 0 and not self._returns(
                 apex_crop, lm, fid, active, onset, offset, walked):
             return None  # a step (an expression that is held, a posture change): not a go-and-return movement
-        if kind == "micro" and cand.blink:
+        if blink:
             if self.config.blinks == "drop":
                 return None
             if self.config.blinks == "label":
                 kind = "blink"
         gated = self.config.gate == "label" and kind != "blink"
-        quality = self._quality(cand, onset, offset, active) if gated else "ok"
+        posed = ctx is not None and ctx.landmarks  # the head pose is known: the rigid-fit head test is not needed
+        quality = self._quality(cand, onset, offset, active, rigid_head=not posed) if gated else "ok"
+        if gated and quality == "ok" and posed:
+            quality = "occlusion" if ctx.occluded else "head_motion" if ctx.head_motion else "ok"
         return Window(onset=onset, apex=cand.apex, offset=offset, score=round(float(cand.value), 4), kind=kind,
-                      quality=quality)
+                      quality=quality, context="+".join(tags))
+
+    def _context(self, onset: int, apex: int, offset: int) -> WindowContext | None:
+        """What the face was doing around a window (au_annotate.facestate), from dense landmarks on the crops the ring
+        still holds (frames not there count as missing); None when landmarks are off."""
+        if self.states is None:
+            return None
+        states = self.states
+
+        def sample(i: int):  # noqa: ANN202 - FaceStateSample | None
+            item = self.crops.get(i) if 0 <= i <= self._newest else None
+            return states.get(i, item[3] if item is not None else None)
+
+        inside, refs, span = plan_samples(onset, apex, offset, self.fps)
+        return explain([sample(i) for i in inside], [sample(i) for i in refs], [sample(i) for i in span])
 
     def _returns(self, apex_crop: np.ndarray, lm: np.ndarray, fid: tuple[str, int], active: tuple[int, ...],
                  onset: int, offset: int, walked: dict[int, np.ndarray]) -> bool:
@@ -806,8 +847,9 @@ class RoiFlowSpotter:
         back = float(np.linalg.norm(back_m[idx], axis=1).mean())
         return net <= self.config.return_ratio * max(go, back, 1e-6)
 
-    def _quality(self, cand: _Candidate, onset: int, offset: int, active: tuple[int, ...]) -> str:
-        """The window's quality label (au_annotate.quality) from the gate signals from onset - k to offset + k."""
+    def _quality(self, cand: _Candidate, onset: int, offset: int, active: tuple[int, ...], rigid_head: bool = True) -> str:
+        """The window's quality label (au_annotate.quality) from the gate signals from onset - k to offset + k
+        (`rigid_head` False: without the rigid-fit head-motion test, for windows whose head pose the landmarks give)."""
         det = next(d for d in self.detectors if d.name == cand.detector)
         k = det.k * det.stride
         lo, hi = max(0, onset - k), min(self._newest, offset + k)
@@ -817,7 +859,8 @@ class RoiFlowSpotter:
         steps = [_step_signals(ring.get(i), REF_SIZE / self.config.flow_size) for i in range(first, hi + 1, det.stride)]
         evidence = float(np.linalg.norm(cand.vectors[list(active)], axis=1).max()) if active else 0.0
         level = float(self._match_hist.level()[0])
-        label = label_window(frames, steps, k, evidence, level, self.gate)
+        gate = self.gate if rigid_head else dataclasses.replace(self.gate, head_ratio=math.inf)
+        label = label_window(frames, steps, k, evidence, level, gate)
         st = [x for x in steps if x is not None]
         self.gate_log.append((cand.apex, label, round(evidence, 3), round(max((x.head_px for x in st), default=0), 3),
                               round(max((x.spread_px for x in st), default=0), 3), round(level, 3),
@@ -885,14 +928,21 @@ class RoiFlowSpotter:
             j_hit = int(round(offsets[hit - 1] + t * (offsets[hit] - offsets[hit - 1])))
         return cand.apex + side * max(1, j_hit)
 
-def _is_blink(cand: _Candidate) -> bool:
-    """Eye-area-only movement whose apex motion points down: an upper lid closing."""
+def _eye_area_led(cand: _Candidate) -> bool:
+    """The window's motion is led by the eyes: its strongest region is an eye or lid region and no region outside the
+    eyes and brows reaches 0.6 of it (a blink moves the lids, and the brows a little, nothing else)."""
     s = cand.scores
     best = int(np.argmax(s))
     if best not in EYE_AREA_ROIS:
         return False
     others = [r for r in range(len(s)) if r not in EYE_AREA_ROIS and ROI_NAMES[r] not in ("brow_l", "brow_r")]
-    if s[others].max() > 0.6 * s[best]:
+    return bool(s[others].max() <= 0.6 * s[best])
+
+
+def _is_blink(cand: _Candidate) -> bool:
+    """Eye-area-only movement whose apex motion points down: an upper lid closing (the flow-shape fallback used where
+    the landmark model has no face; with landmarks, blinks come from the eyes' openness)."""
+    if not _eye_area_led(cand):
         return False
     v = cand.vectors[list(EYE_ROIS)].mean(0)
     return bool(v[1] > 0 and v[1] > abs(v[0]))

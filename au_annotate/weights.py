@@ -25,7 +25,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from au_annotate.fileio import atomic_path
+from au_annotate.fileio import atomic_path, sha256_file
 from au_annotate.flow import ENCODINGS, SEED_ENCODING, SEED_FARNEBACK
 from au_annotate.model import HTNet, HTNetConfig, HTNetEnsemble
 
@@ -144,15 +144,6 @@ class LoadedModel:
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def normalize_au_name(name: str | int) -> str:

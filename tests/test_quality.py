@@ -28,7 +28,7 @@ from au_annotate.spot import ROI_NAMES, RoiFlowSpotter
 pytest.importorskip("skimage")
 
 SIZE = (320, 240)
-CFG = GateConfig()
+CFG = GateConfig(spread_ratio=0.5)  # the whole-face spread rule as it was on by default before round 9
 
 
 def _frames(n: int, match: float = 0.9, bright: float = 120.0) -> list[FrameSignals | None]:
@@ -44,6 +44,8 @@ def test_label_window_rules() -> None:
     lit = _frames(5) + _frames(5, bright=140.0)
     assert label_window(lit, steps, 3, 1.0, 0.9, CFG) == "lighting"
     assert label_window(_frames(10), [StepSignals(0.1, 0.6)] * 6, 3, 1.0, 0.9, CFG) == "occlusion"
+    # off by default (it gated real smiles): a whole-face residual is not occlusion without landmark evidence
+    assert label_window(_frames(10), [StepSignals(0.1, 0.6)] * 6, 3, 1.0, 0.9, GateConfig()) == "ok"
     assert label_window(_frames(10), [StepSignals(1.5, 0.1)] * 6, 3, 1.0, 0.9, CFG) == "head_motion"
     assert set(QUALITIES) >= {"ok", "occlusion", "head_motion", "tracking_lost", "lighting"}
 

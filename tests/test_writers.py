@@ -181,7 +181,7 @@ def test_csv_columns_and_pandas_dtypes(result: VideoResult) -> None:
         "duration_s",
         "score",
     ]
-    assert list(df.columns[12:17]) == ["quality", "AU04_p", "AU04_c", "AU07_p", "AU07_c"]
+    assert list(df.columns[12:18]) == ["quality", "context", "AU04_p", "AU04_c", "AU07_p", "AU07_c"]
     assert list(df.columns[-5:]) == ["aus", "emotion", "rule", "emotion_model", "emotion_model_p"]
     for col in ("segment_id", "onset_frame", "apex_frame", "offset_frame", "AU04_c", "AU14_c"):
         assert df[col].dtype == np.int64, col
@@ -441,3 +441,23 @@ def test_plan_spans_property(windows: list[tuple[int, int]]) -> None:
         assert _no_overlaps([(sp.start_ms, sp.end_ms) for sp in spans if sp.lane == lane])
     depth = max((sum(o.start_ms <= sp.start_ms < o.end_ms for o in spans) for sp in spans), default=0)
     assert 1 + max((sp.lane for sp in spans), default=-1) == depth
+
+
+def test_context_column_round_trips_through_csv_json_and_eaf(tmp_path: Path) -> None:
+    """A window's face-state context (speech, blink, ...) is written in the CSV, the JSON and the EAF segment label,
+    and reads back from each."""
+    import dataclasses
+
+    segs = [dataclasses.replace(seg("v.mp4", 0, 30, 42), context="speech+blink"), seg("v.mp4", 1, 90, 99)]
+    res = make_result(tmp_path / "v.mp4", tmp_path, "v.mp4", segs)
+    CSVWriter().write(res, tmp_path / "v.segments.csv", CTX)
+    back = read_segments_csv(tmp_path / "v.segments.csv")
+    assert back["context"].tolist() == ["speech+blink", ""]
+    assert pd.read_csv(tmp_path / "v.segments.csv", comment="#")["context"].tolist()[0] == "speech+blink"
+    JSONWriter().write(res, tmp_path / "v.json", CTX)
+    doc = json.loads((tmp_path / "v.json").read_text())
+    assert [s["context"] for s in doc["segments"]] == ["speech+blink", ""]
+    EAFWriter().write(res, tmp_path / "v.eaf", CTX)
+    eaf = pympi.Elan.Eaf(str(tmp_path / "v.eaf"))
+    labels = sorted(eaf.get_annotation_data_for_tier(next(t for t in eaf.get_tier_names() if t.startswith("segments"))))
+    assert labels[0][2].endswith("(speech+blink)") and "(" not in labels[1][2]

@@ -37,11 +37,12 @@ LEAD_COLUMNS: tuple[str, ...] = (
     "duration_s",
     "score",
     "quality",  # ok | occlusion | head_motion | tracking_lost | lighting (au_annotate.quality)
+    "context",  # the face state meanwhile, "+"-joined: blink, speech, head_motion, occlusion, no_landmarks ("" none)
 )
 TAIL_COLUMNS: tuple[str, ...] = ("aus", "emotion", "rule", "emotion_model", "emotion_model_p")
 INT_COLUMNS: tuple[str, ...] = ("segment_id", "onset_frame", "apex_frame", "offset_frame")
 FLOAT_COLUMNS: tuple[str, ...] = ("onset_s", "apex_s", "offset_s", "duration_s", "score")
-STRING_COLUMNS: tuple[str, ...] = ("video", "face_id", "kind", "quality", "aus", "emotion", "rule", "emotion_model")
+STRING_COLUMNS: tuple[str, ...] = ("video", "face_id", "kind", "quality", "context", "aus", "emotion", "rule", "emotion_model")
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ def segments_dataframe(
     for col in FLOAT_COLUMNS:
         data[col] = np.array([getattr(s, col) for s in segments], dtype=np.float64)
     data["quality"] = pd.array([getattr(s, "quality", "ok") for s in segments], dtype=object)
+    data["context"] = pd.array([getattr(s, "context", "") for s in segments], dtype=object)
     probs = np.array([np.asarray(s.probs, dtype=np.float64) for s in segments]).reshape(len(segments), len(names))
     present = np.array([np.asarray(s.present, dtype=bool) for s in segments]).reshape(len(segments), len(names))
     uncal = tuple(segments[0].uncalibrated) if segments else tuple(uncalibrated)

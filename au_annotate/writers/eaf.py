@@ -137,6 +137,8 @@ def build_eaf(result: VideoResult, eaf_path: Path, ctx: WriteContext) -> pympi.E
         t = (span.start_ms, span.end_ms)
         quality = getattr(s, "quality", "ok")  # a gated window (spot = {gated = "label"}): `micro 0.83 head_motion`
         label = segment_label(s) if quality == "ok" else f"{segment_label(s)} {quality}"
+        if getattr(s, "context", ""):  # what the face was doing meanwhile: `micro 0.83 (speech)`
+            label = f"{label} ({s.context})"
         eaf.add_annotation(tier_name("segments", face, span.lane, multi), *t, value=label)
         eaf.add_annotation(tier_name(REVIEW_TIER, face, span.lane, multi), *t, value=UNREVIEWED)
         eaf.add_annotation(tier_name(CODER_TIER, face, span.lane, multi), *t, value=s.aus or "")
