@@ -1,12 +1,13 @@
 """Dense face landmarks: MediaPipe FaceLandmarker's 478-point mesh on the aligned face crop, offline.
 
 The model is the landmark network of Google's FaceLandmarker bundle (`face_landmarker.task`, Apache-2.0, shipped in
-`weights/` and pinned by sha256; provenance and licence in `weights/FACE_LANDMARKER.md`). It runs in OpenCV's own DNN
-module (`cv2.dnn.readNetFromTFLite`, OpenCV >= 4.8): no extra runtime, nothing downloads. Input: the pipeline's aligned
-crop (the face box times 1.15, as `face.py` cuts it), resized to 256x256, values in [0, 1] (a gray crop is given as three
-equal channels); output: 478 points (x, y in crop pixels, z relative depth in the same scale) and a face-presence
-probability. About 20 ms of CPU per call, so the spotter calls it only on frames around its candidate windows
-(`facestate.py`), never on every frame.
+`weights/` and pinned by sha256; provenance and licence in `weights/FACE_LANDMARKER.md`). Two runtimes give the same
+outputs (to 3e-4 px): Google's LiteRT (`ai-edge-litert`, installed on Linux: ~5 ms a call on one core) and OpenCV's own
+DNN module (`cv2.dnn.readNetFromTFLite`, OpenCV >= 4.8: ~9 ms), the fallback wherever LiteRT is not installed; nothing
+downloads. Input: the pipeline's aligned crop (the face box times 1.15, as `face.py` cuts it), resized to 256x256,
+values in [0, 1] (a gray crop is given as three equal channels); output: 478 points (x, y in crop pixels, z relative
+depth in the same scale) and a face-presence probability. The spotter calls it only on frames around its candidate
+windows (`facestate.py`), never on every frame.
 
 Point indices used by the face state (MediaPipe's canonical mesh numbering) are named in `POINTS`.
 """
@@ -22,6 +23,7 @@ import cv2
 import numpy as np
 
 from au_annotate.fileio import sha256_file
+from au_annotate.native import NativeStderr
 
 MODEL_FILE = "face_landmarker.task"
 MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
@@ -91,13 +93,43 @@ def _model_bytes(path: Path) -> np.ndarray:
         return _NET_BYTES[key]
 
 
-class FaceMesh:
-    """The 478-point landmark model on aligned face crops. Not thread-safe: one instance per thread (a spotter owns one)."""
+BACKENDS = ("auto", "litert", "opencv")
 
-    def __init__(self, path: str | Path | None = None) -> None:
+
+def _litert_interpreter(model: np.ndarray):  # noqa: ANN202 - ai_edge_litert's Interpreter, or None
+    """A one-thread LiteRT interpreter of the network, or None where `ai-edge-litert` is not installed."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        return None
+    with NativeStderr().capture():  # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
+        it = Interpreter(model_content=model.tobytes(), num_threads=1)
+        it.allocate_tensors()
+    return it
+
+
+class FaceMesh:
+    """The 478-point landmark model on aligned face crops. Not thread-safe: one instance per thread (a spotter owns one).
+
+    `backend`: "auto" (LiteRT where installed, else OpenCV), "litert" (raises LandmarkError without it) or "opencv"."""
+
+    def __init__(self, path: str | Path | None = None, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.path = Path(path) if path is not None else model_path()
-        self._net = cv2.dnn.readNetFromTFLite(_model_bytes(self.path))
-        self._outputs = self._net.getUnconnectedOutLayersNames()
+        model = _model_bytes(self.path)
+        self._lite = _litert_interpreter(model) if backend in ("auto", "litert") else None
+        if backend == "litert" and self._lite is None:
+            raise LandmarkError("the LiteRT runtime is not installed (pip install ai-edge-litert)")
+        if self._lite is not None:
+            self.backend = "litert"
+            self._in = self._lite.get_input_details()[0]["index"]
+            outs = {d["name"]: d["index"] for d in self._lite.get_output_details()}
+            self._out = (outs["Identity"], outs["Identity_1"])
+        else:
+            self.backend = "opencv"
+            self._net = cv2.dnn.readNetFromTFLite(model)
+            self._outputs = self._net.getUnconnectedOutLayersNames()
         self.calls = 0
 
     def __call__(self, crop: np.ndarray) -> Mesh:
@@ -107,9 +139,15 @@ class FaceMesh:
         h, w = crop.shape[:2]
         img = cv2.resize(crop, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA if h > INPUT_SIZE else cv2.INTER_LINEAR)
         x = img.astype(np.float32) * np.float32(1 / 255)
-        blob = np.repeat(x[None, None], 3, axis=1) if x.ndim == 2 else np.ascontiguousarray(x.transpose(2, 0, 1)[None])
-        self._net.setInput(blob)
-        raw, logit, _ = self._net.forward(self._outputs)
+        if self._lite is not None:  # NHWC
+            blob = np.repeat(x[None, :, :, None], 3, axis=3) if x.ndim == 2 else np.ascontiguousarray(x[None])
+            self._lite.set_tensor(self._in, blob)
+            self._lite.invoke()
+            raw, logit = self._lite.get_tensor(self._out[0]), self._lite.get_tensor(self._out[1])
+        else:  # NCHW
+            blob = np.repeat(x[None, None], 3, axis=1) if x.ndim == 2 else np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+            self._net.setInput(blob)
+            raw, logit, _ = self._net.forward(self._outputs)
         self.calls += 1
         pts = raw.reshape(N_POINTS, 3).astype(np.float32)
         pts[:, 0] *= w / INPUT_SIZE

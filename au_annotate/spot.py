@@ -130,7 +130,8 @@ class SpotConfig:
     min_gap_s: float | None = None  # peaks closer than this merge (default: 2 k_s)
     max_micro_s: float = 0.5  # micro-expression if onset..offset lasts at most this
     max_window_s: float = 4.0  # longest window reported (macro cap)
-    extent_fraction: float = 0.8  # onset/offset where the displacement from the apex reaches this share of its plateau
+    extent_fraction: float = 0.95  # onset/offset where the displacement from the apex reaches this share of its plateau
+    # (0.8 until round 9 of docs/spotting.md: it cut real micro-expressions short of their coded onset and offset)
     min_duration_s: float = 0.06  # shorter windows are discarded (flicker)
     blinks: str = "label"  # label | drop | keep: what to do with eye-only downward events
     return_ratio: float = 0.0  # > 0: a micro window's net onset->offset motion must be at most this share of its
@@ -611,7 +612,7 @@ class RoiFlowSpotter:
         if cfg.landmarks == "on":
             from au_annotate.landmarks import FaceMesh
 
-            self.states = FaceStateCache(FaceMesh(), size=4 * self.crop_ring_size)
+            self.states = FaceStateCache(FaceMesh(), size=128)  # a few windows' samples: micro and macro overlap
 
     # -- per-frame motion --------------------------------------------------------------------------------------------
     def _rois(self, lm: np.ndarray) -> _Geometry:
@@ -768,12 +769,16 @@ class RoiFlowSpotter:
 
     def _keep(self, w: Window, cand: _Candidate) -> bool:
         """Resolve detections of one movement by both time scales: each keeps only the kind it is made for."""
+        return self._wanted(w.kind, cand, w.onset, w.offset)
+
+    def _wanted(self, kind: str, cand: _Candidate, onset: int, offset: int) -> bool:
+        """Whether a window of this kind is its detector's to report (checked again before the costly face state)."""
         if cand.detector == "micro":
-            return w.kind != "macro"  # long movements are the macro detector's
-        if w.kind != "macro":
+            return kind != "macro"  # long movements are the macro detector's
+        if kind != "macro":
             return False  # short movements are the micro detector's
         # a movement already reported as micro (or blink) is not reported again as macro
-        return not any(iou(w.onset, w.offset, e.onset, e.offset) >= 0.3 for e in self._emitted if e.kind != "macro")
+        return not any(iou(onset, offset, e.onset, e.offset) >= 0.3 for e in self._emitted if e.kind != "macro")
 
     def _window(self, cand: _Candidate) -> Window | None:
         """Onset/offset by flow from the apex crop; kind by duration and blink shape."""
@@ -792,7 +797,12 @@ class RoiFlowSpotter:
         if duration < self.min_len or duration > self.max_window:
             return None
         kind = "micro" if duration <= self.max_micro else "macro"
-        ctx = self._context(onset, cand.apex, offset)
+        if not self._wanted(kind, cand, onset, offset):
+            return None  # the other time scale's movement: decided before the landmark model runs
+        gated = self.config.gate == "label"
+        # the cheap gate first (tracking, lighting; the spread rule when on): a window it labels needs no landmarks
+        quality = self._quality(cand, onset, offset, active, rigid_head=False) if gated else "ok"
+        ctx = self._context(cand, onset, offset) if quality == "ok" else None
         tags = list(ctx.tags()) if ctx is not None else []
         if ctx is not None and ctx.landmarks:  # blinks from the eyes' state: closed eyes and the motion at the eyes
             blink = ctx.blink and _eye_area_led(cand)
@@ -808,17 +818,21 @@ class RoiFlowSpotter:
                 return None
             if self.config.blinks == "label":
                 kind = "blink"
-        gated = self.config.gate == "label" and kind != "blink"
+        gated = gated and kind != "blink"
         posed = ctx is not None and ctx.landmarks  # the head pose is known: the rigid-fit head test is not needed
-        quality = self._quality(cand, onset, offset, active, rigid_head=not posed) if gated else "ok"
-        if gated and quality == "ok" and posed:
+        if not gated:
+            quality = "ok"
+        elif quality == "ok" and posed:
             quality = "occlusion" if ctx.occluded else "head_motion" if ctx.head_motion else "ok"
+        elif quality == "ok":  # no head pose from the landmarks: the rigid-fit head test decides
+            quality = self._quality(cand, onset, offset, active, rigid_head=True)
         return Window(onset=onset, apex=cand.apex, offset=offset, score=round(float(cand.value), 4), kind=kind,
                       quality=quality, context="+".join(tags))
 
-    def _context(self, onset: int, apex: int, offset: int) -> WindowContext | None:
+    def _context(self, cand: _Candidate, onset: int, offset: int) -> WindowContext | None:
         """What the face was doing around a window (au_annotate.facestate), from dense landmarks on the crops the ring
-        still holds (frames not there count as missing); None when landmarks are off."""
+        still holds (frames not there count as missing); None when landmarks are off. The talking test's samples are
+        taken only when the window is not an eye-led blink (the model costs ~9 ms a call)."""
         if self.states is None:
             return None
         states = self.states
@@ -827,8 +841,12 @@ class RoiFlowSpotter:
             item = self.crops.get(i) if 0 <= i <= self._newest else None
             return states.get(i, item[3] if item is not None else None)
 
-        inside, refs, span = plan_samples(onset, apex, offset, self.fps)
-        return explain([sample(i) for i in inside], [sample(i) for i in refs], [sample(i) for i in span])
+        inside, refs, span = plan_samples(onset, cand.apex, offset, self.fps)
+        a, b = [sample(i) for i in inside], [sample(i) for i in refs]
+        eyes = explain(a, b, [])
+        if eyes.landmarks and eyes.blink and _eye_area_led(cand):
+            return eyes
+        return explain(a, b, [sample(i) for i in span])
 
     def _returns(self, apex_crop: np.ndarray, lm: np.ndarray, fid: tuple[str, int], active: tuple[int, ...],
                  onset: int, offset: int, walked: dict[int, np.ndarray]) -> bool:

@@ -137,9 +137,14 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--labels", type=Path, default=LABELS)
     ap.add_argument("--configs", default="default,no-landmarks,return-test,spread-rule,old-default")
+    ap.add_argument("--spot", action="append", default=[], metavar="NAME=JSON",
+                    help='an extra named configuration, e.g. wide=\'{"extent_fraction": 0.9}\' (repeatable)')
     ap.add_argument("-o", "--output", type=Path, default=None)
     a = ap.parse_args()
-    names = [n.strip() for n in a.configs.split(",") if n.strip()]
+    for item in a.spot:
+        name, _, text = item.partition("=")
+        CONFIGS[name.strip()] = json.loads(text)
+    names = [n.strip() for n in a.configs.split(",") if n.strip()] + [i.partition("=")[0].strip() for i in a.spot]
     if unknown := [n for n in names if n not in CONFIGS]:
         sys.exit(f"error: unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
     label_files = sorted(a.labels.glob("*/*.csv"))
