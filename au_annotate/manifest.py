@@ -123,8 +123,9 @@ class Manifest:
             gated = [w.quality for w in result.unreported if w.quality != "ok"]
             ok = sum(1 for s in result.segments if getattr(s, "quality", "ok") == "ok")
             main = result.floors.get("face0") or next(iter(result.floors.values()), None)
+            contexts = [getattr(s, "context", "") for s in result.segments] + [w.context for w in result.unreported]
             spot = video_warning(result.info.fps, result.frames, result.frames_with_face, ok, gated,
-                                 main.pct_iod if main is not None else None)
+                                 main.pct_iod if main is not None else None, contexts)
             warning = f"{result.job.path}: {spot}" if spot else None
         self.videos[result.job.rel.as_posix()] = {
             "path": str(result.job.path),

@@ -91,11 +91,12 @@ def label_window(frames: Sequence[FrameSignals | None], steps: Sequence[StepSign
 
 
 def video_warning(fps: float, frames: int, frames_with_face: int, reported: int, gated: Sequence[str],
-                  floor_pct_iod: float | None = None) -> str | None:
+                  floor_pct_iod: float | None = None, contexts: Sequence[str] = ()) -> str | None:
     """One line for the run manifest when a video's spotting is not to be trusted (None when nothing to say).
 
     `reported` counts the windows written with quality ok, `gated` lists the other windows' quality labels,
-    `floor_pct_iod` is the main face's detection floor (records.DetectionFloor.pct_iod)."""
+    `floor_pct_iod` is the main face's detection floor (records.DetectionFloor.pct_iod), `contexts` every window's
+    face-state context (records.Window.context)."""
     notes = []
     if 0 < fps < 10:
         notes.append(f"{fps:.3g} fps is too slow for micro-expressions (0.2-0.5 s span 1-5 frames)")
@@ -107,6 +108,10 @@ def video_warning(fps: float, frames: int, frames_with_face: int, reported: int,
             counts[q] = counts.get(q, 0) + 1
         top = ", ".join(f"{q} x{n}" for q, n in sorted(counts.items(), key=lambda kv: -kv[1]))
         notes.append(f"{len(gated)} of {len(gated) + reported} candidate windows not reported ({top})")
+    lost = sum("no_landmarks" in c.split("+") for c in contexts)
+    if len(contexts) >= 3 and lost > len(contexts) / 2:
+        notes.append(f"the landmark model found no face on {lost} of {len(contexts)} windows (profile, occlusion or a "
+                     "small face): blinks, talking and head turns were not told apart there")
     line = "spotting unreliable: " + "; ".join(notes) if notes else ""
     if floor_pct_iod is not None and floor_pct_iod >= INSENSITIVE_PCT_IOD:
         line += "; " if line else ""

@@ -56,6 +56,13 @@ def test_video_warning_is_one_line() -> None:
     assert w is not None and "\n" not in w and "fps" in w and "33 %" in w and "occlusion x6" in w
 
 
+def test_video_warning_names_missing_landmarks() -> None:
+    """Most windows without a landmark mesh (profile, occlusion, a tiny face): one line says so; a minority does not."""
+    assert video_warning(30.0, 300, 300, 4, [], contexts=["no_landmarks", "", "speech", ""]) is None
+    w = video_warning(30.0, 300, 300, 4, [], contexts=["no_landmarks", "no_landmarks", "", "no_landmarks"])
+    assert w is not None and "3 of 4 windows" in w and "\n" not in w
+
+
 def test_video_warning_names_a_high_detection_floor() -> None:
     """A floor at or above INSENSITIVE_PCT_IOD of the eye distance is one note of the line, below it nothing."""
     assert video_warning(30.0, 300, 300, 3, [], floor_pct_iod=INSENSITIVE_PCT_IOD - 0.01) is None
