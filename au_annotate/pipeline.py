@@ -116,6 +116,10 @@ class _Signals:
         return sig[np.argsort(sig[:, 0], kind="stable")]
 
 
+SpotterFactory = Callable[[str, float, Callable[[str, int, float], None] | None], Spotter]
+"""spotter_factory(face_id, fps, on_signal) -> the Spotter of one face track (VideoRun's default: the settings' one)."""
+
+
 class VideoRun:
     """One video, one pass: decode -> face -> spot -> flow. `run()` returns its VideoWork (no model here).
 
@@ -125,8 +129,11 @@ class VideoRun:
 
     def __init__(self, job: VideoJob, settings: Settings, *, detector: FaceDetector | None = None,
                  on_start: Callable[[VideoInfo], None] | None = None,
-                 on_frames: Callable[[int], None] | None = None) -> None:
+                 on_frames: Callable[[int], None] | None = None,
+                 spotter_factory: SpotterFactory | None = None) -> None:
         self.job, self.settings, self.detector = job, settings, detector
+        self.spotter_factory = spotter_factory or (
+            lambda face_id, fps, on_signal: make_spotter(settings.spotter, fps, settings.spot, on_signal=on_signal))
         self.on_start, self.on_frames = on_start, on_frames
         self.times = StageTimes()
         self.samples: list[FlowSample] = []
@@ -211,7 +218,7 @@ class VideoRun:
 
     def _new_track(self, face_id: str) -> None:
         hook = self.signals if face_id == "face0" else None
-        spotter = make_spotter(self.settings.spotter, self.fps, self.settings.spot, on_signal=hook)
+        spotter = self.spotter_factory(face_id, self.fps, hook)
         state = FaceState.for_spotter(spotter)
         self.tracks[face_id] = state
         if self.recent_pts.maxlen is not None and self.recent_pts.maxlen < state.buffer.capacity + 1:

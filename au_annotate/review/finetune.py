@@ -98,19 +98,13 @@ def extract_flow(video: Path, rel: str, windows: dict[str, list[Window]], settin
     tuple[str, int, int], np.ndarray
 ]:
     """Flow pictures of the given windows of one video, per (face, onset, apex), via the annotate pipeline."""
-    from au_annotate.pipeline import FaceState, VideoRun
+    from au_annotate.pipeline import VideoRun
 
-    class ScriptedRun(VideoRun):
-        def _new_track(self, face_id: str) -> None:
-            state = FaceState.for_spotter(_ScriptedSpotter(windows.get(face_id, [])))  # type: ignore[arg-type]
-            self.tracks[face_id] = state
-            if self.recent_pts.maxlen is not None and self.recent_pts.maxlen < state.buffer.capacity + 1:
-                from collections import deque
-
-                self.recent_pts = deque(self.recent_pts, maxlen=state.buffer.capacity + 1)
+    def scripted(face_id: str, fps: float, on_signal: object) -> _ScriptedSpotter:
+        return _ScriptedSpotter(windows.get(face_id, []))
 
     job = VideoJob(path=video, rel=PurePosixPath(rel), out_dir=video.parent)
-    work = ScriptedRun(job, settings).run()
+    work = VideoRun(job, settings, spotter_factory=scripted).run()  # type: ignore[arg-type]
     return {(s.face_id, s.window.onset, s.window.apex): s.image for s in work.samples}
 
 
