@@ -1,4 +1,5 @@
-"""Spotter cost against an earlier version of au_annotate/spot.py, on identical face crops, in one run.
+"""Spotter cost against an earlier version of the spotter (au_annotate/spot.py before it became a package), on identical
+face crops, in one run.
 
     python benchmarks/spot_cost.py                              # baseline: spot.py of commit 2090736 (before gating)
     python benchmarks/spot_cost.py --baseline HEAD --repeats 7  # this working tree against the last commit

@@ -177,7 +177,7 @@ def test_state_stays_bounded_over_a_long_stream() -> None:
     sp = RoiFlowSpotter(fps, {"flow_size": 64})
 
     def sizes() -> tuple[int, ...]:
-        s = [sp.crops.size, sp.times.size, len(sp._emitted), len(sp._roi_cache)]
+        s = [sp.crops.size, sp.times.size, len(sp._emitted), len(sp.regions.cache)]
         for d in sp.detectors:
             s += [d.vec.size, d.smooth.size, d.times.size, len(d.history.buf), len(d.pending), len(d.candidates)]
         return tuple(s)
@@ -218,11 +218,11 @@ def test_config_errors() -> None:
 def test_micro_and_macro_overlap_uses_the_megc_iou() -> None:
     """One IoU for spotting and scoring: a macro window over a reported micro one is dropped at MEGC IoU >= 0.3 with
     inclusive frame counts (10 of 33 frames: 0.303; counted exclusively it would be 9/32 = 0.28 and kept)."""
-    import au_annotate.spot as spot
+    import au_annotate.spot.spotter as spotter
     from au_annotate import megc
     from au_annotate.spot import _Candidate
 
-    assert spot.iou is megc.iou and not hasattr(spot, "_iou")
+    assert spotter.iou is megc.iou and not hasattr(spotter, "_iou")
     sp = RoiFlowSpotter(30.0)
     sp._emitted = [Window(onset=10, apex=14, offset=19, score=2.0, kind="micro")]  # noqa: SLF001
     macro = _Candidate(apex=20, value=2.0, scores=np.zeros(12), vectors=np.zeros((12, 2)), radius=0, detector="macro")
@@ -265,7 +265,7 @@ def test_region_motion_is_the_mean_of_each_regions_strongest_residuals(model: st
     local[40:52, 40:60, 1] -= 1.5  # a brow moving up
     local[90:106, 44:84, 0] += 0.6 + 0.04 * (xx[90:106, 44:84] - 44) + 0.011 * (yy[90:106, 44:84] - 90)  # a ramp
     flow = (head + local + rng.normal(0, 0.02, (n, n, 2))).astype(np.float32)
-    sp._dis = type("FixedFlow", (), {"calc": lambda self, a, b, out: flow})()  # noqa: SLF001
+    sp.regions.dis = type("FixedFlow", (), {"calc": lambda self, a, b, out: flow})()
     lm = np.array([[45.0, 62.0], [83.0, 62.0], [64.0, 80.0], [50.0, 98.0], [78.0, 98.0]])
     img = np.zeros((n, n), np.uint8)
     got = sp._region_motion(img, img, lm)  # noqa: SLF001

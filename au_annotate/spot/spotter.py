@@ -1,0 +1,272 @@
+"""The roi-flow spotter: the recipe that runs the parts (regions -> detectors -> window builder -> judge) over one
+face's stream, and owns the rings they share (crops, timestamps, gate signals). See au_annotate/spot/__init__.py."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from au_annotate.facestate import FaceStateCache
+from au_annotate.megc import iou
+from au_annotate.quality import FrameSignals
+from au_annotate.records import AlignedFace, DetectionFloor, Window
+from au_annotate.spot.config import SpotConfig, SpotError
+from au_annotate.spot.detector import _Candidate, _Detector, _eye_area_led, _History, _LevelRecord, _Ring
+from au_annotate.spot.judge import WindowJudge
+from au_annotate.spot.regions import REF_SIZE, ROI_NAMES, RegionMotion
+from au_annotate.spot.windows import WindowBuilder
+
+SignalHook = Callable[[str, int, float], None]  # on_signal(detector "micro" | "macro", frame index, signal value)
+
+
+class Spotter(Protocol):
+    """A streaming spotter: frames in order, windows out as soon as they close."""
+
+    max_latency_frames: int
+
+    def process_frame(self, index: int, pts_s: float, face: AlignedFace | None) -> list[Window]: ...
+
+    def flush(self) -> list[Window]: ...
+
+    def detection_floor(self) -> DetectionFloor | None: ...
+
+
+class RoiFlowSpotter:
+    """The default spotter ("roi-flow"): DIS flow k frames back, landmark ROIs, head-motion removal, adaptive threshold."""
+
+    def __init__(self, fps: float, config: SpotConfig | dict[str, Any] | None = None,
+                 on_signal: SignalHook | None = None) -> None:
+        if not fps or fps <= 0 or not math.isfinite(fps):
+            raise SpotError(f"fps must be positive, got {fps}")
+        self.config = cfg = SpotConfig.from_any(config)
+        cfg.validate()
+        self.fps = float(fps)
+        self.on_signal = on_signal
+
+        def frames(s: float) -> int:
+            return max(1, int(round(s * self.fps)))
+
+        self.k = frames(cfg.k_s)
+        self.max_micro = frames(cfg.max_micro_s)
+        self.max_window = frames(cfg.max_window_s)
+        self.min_len = max(1, int(round(cfg.min_duration_s * self.fps)))
+        gap = frames(cfg.min_gap_s) if cfg.min_gap_s is not None else 2 * self.k
+        self.micro_radius = self.max_micro + 1
+        macro = cfg.macro_k_s > 0
+        self.macro_radius = max(self.micro_radius, int(round(0.6 * self.max_window))) if macro else 0
+        longest = max(self.micro_radius, self.macro_radius)
+        self.detectors: list[_Detector] = []
+        delay = 0
+        warmup_frames = frames(cfg.warmup_s)
+        for name, k_s, rate, p, radius in (("micro", cfg.k_s, cfg.micro_rate, cfg.p, self.micro_radius),
+                                           ("macro", cfg.macro_k_s, cfg.macro_rate, cfg.macro_p, self.macro_radius)):
+            if k_s <= 0:
+                continue
+            stride = max(1, int(self.fps // rate)) if rate > 0 else 1  # sample the signal at about `rate` per second
+            step_s = stride / self.fps
+
+            def steps(sec: float, stride_s: float = step_s) -> int:
+                return max(1, int(round(sec / stride_s)))
+
+            k = steps(k_s)
+            half = int(round(cfg.smooth_s / step_s / 2))
+            det_gap = max(gap, 2 * k * stride) if name == "macro" else gap
+            ctx = steps(cfg.context_s) if cfg.context_s > 0 else 0
+            det = _Detector(name, stride, k, half, p, cfg.min_motion_px, steps(cfg.history_s), steps(0.25),
+                            steps(cfg.warmup_s), det_gap, radius, step_s, ctx)
+            self.detectors.append(det)
+            # a score waits for its partner (up to 2 k steps) and for its local context after it
+            delay = max(delay, (max(det.k_hi, det.ctx_after) + half + 1) * stride)
+        gap_max = max((d.gap for d in self.detectors), default=0)
+        # a window closes at most max(radius, gap + delay) frames after its apex (+ warm-up at the stream start), and
+        # its onset is at most `longest` frames before the apex
+        self.max_latency_frames = longest + max(longest, 2 * gap_max) + delay + 2 * warmup_frames + 2
+        self.crop_ring_size = self.max_latency_frames + 2
+        self.crops = _Ring(self.crop_ring_size)  # (small crop, small landmarks, (face_id, epoch), full crop) per frame
+        self.times = _Ring(self.crop_ring_size)  # every frame's timestamp (seconds), for real window durations
+        # latest frame fed minus onset of the latest window it can emit: radius before the apex, radius after it,
+        # the detector delay, and the warm-up at the start of the stream
+        self.regions = RegionMotion(cfg)  # region motion between crops (regions.py)
+        self._newest = -1
+        # quality gate (au_annotate.quality): per-frame and per-step signals over the crop ring, the match history
+        self.qframes = _Ring(self.crop_ring_size)  # FrameSignals per frame (None: no face)
+        self.qsteps = {d.name: _Ring(self.crop_ring_size) for d in self.detectors}  # _StepFit per sampled frame
+        self._match_hist = _History(frames(cfg.history_s), 1, frames(0.5))
+        self._emitted: list[Window] = []  # recent windows, to resolve micro/macro overlaps (bounded below)
+        self._iods = _LevelRecord(1, 4.0, 1e3)  # inter-ocular distance of every face frame, px of a 224-px crop
+        self._iod_last = -1.0
+        # the face state around candidate windows (au_annotate.facestate): dense landmarks on demand, cached per frame
+        self.states: FaceStateCache | None = None
+        if cfg.landmarks == "on":
+            from au_annotate.landmarks import FaceMesh
+
+            self.states = FaceStateCache(FaceMesh(), size=128)  # a few windows' samples: micro and macro overlap
+        self.windows = WindowBuilder(cfg, self.fps, self.crops, self.times, self.regions.motion)  # windows.py
+        self.judge = WindowJudge(cfg, self.fps, self.detectors, self.crops, self.qframes, self.qsteps,  # judge.py
+                                 self._match_hist, self.states)
+        self.gate, self.gate_log = self.judge.gate, self.judge.gate_log
+
+    def _region_motion(self, a: np.ndarray, b: np.ndarray, lm: np.ndarray, stats: bool = False) -> np.ndarray:
+        """Region motion from crop a to crop b (regions.RegionMotion.motion)."""
+        return self.regions.motion(a, b, lm, stats)
+
+    def _nominal_frames(self, onset: int, offset: int) -> float:
+        """A window's duration in nominal frames (windows.WindowBuilder.nominal_frames)."""
+        return self.windows.nominal_frames(onset, offset)
+
+    # -- the stream ----------------------------------------------------------------------------------------------------
+    def process_frame(self, index: int, pts_s: float, face: AlignedFace | None) -> list[Window]:
+        """Feed one frame (None when no face); returns the windows that closed."""
+        self._newest = index
+        self.times.put(index, float(pts_s))
+        if face is None:
+            self.crops.put(index, None)
+            self.qframes.put(index, None)
+            for det in self.detectors:
+                if index % det.stride == 0:
+                    self._signal(det, det.add(index // det.stride, pts_s, None))
+            return self._collect(final=False)
+        n = self.config.flow_size
+        crop = face.crop
+        if crop.ndim == 3:
+            crop = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+        small = cv2.resize(crop, (n, n), interpolation=cv2.INTER_AREA)
+        lm = np.asarray(face.landmarks, np.float64) * (n / crop.shape[0])
+        iod = math.hypot(lm[1, 0] - lm[0, 0], lm[1, 1] - lm[0, 1]) * REF_SIZE / n
+        self._iods.add(np.array([iod]), same=iod == self._iod_last)
+        self._iod_last = iod
+        track = (face.face_id, getattr(face, "epoch", 0))  # crops of one tracking epoch are pixel-aligned
+        self.crops.put(index, (small, lm, track, face.crop))  # the full crop is the pipeline's own array (no copy)
+        match = float(getattr(face, "match", 1.0))
+        x, y, w, h = getattr(face, "box", (0.0, 0.0, 1.0, 1.0))
+        self.qframes.put(index, FrameSignals(match, float(cv2.mean(small)[0]), x + w / 2, y + h / 2, max(w, h)))
+        self._match_hist.push(np.array([match], np.float32))
+        for det in self.detectors:
+            if index % det.stride:
+                continue
+            step = index // det.stride
+            ref = det.reference(step, pts_s)  # about k_s seconds back by the timestamps (k steps at a constant rate)
+            prev = self.crops.get(ref * det.stride) if ref is not None else None
+            vec = None
+            if prev is not None and prev[2] == track:
+                vec = self._region_motion(prev[0], small, lm, stats=self.config.gate == "label")
+                self.qsteps[det.name].put(index, self.regions.last_step)
+            self._signal(det, det.add(step, pts_s, vec))
+        return self._collect(final=False)
+
+    def flush(self) -> list[Window]:
+        """End of stream: decide everything still pending and return the remaining windows."""
+        for det in self.detectors:
+            # frames after the last one have no k-forward motion; score what can be scored
+            self._signal(det, det.flush_pending())
+        return self._collect(final=True)
+
+    def detection_floor(self) -> DetectionFloor | None:
+        """The micro detector's per-region thresholds over the stream so far, in % of the median inter-ocular distance
+        (records.DetectionFloor); None before the first scored step. Motion in 224-px crop units over the IOD in the
+        same units, so it holds for any face size; a median of medians, so bounded state for any length."""
+        det = next(d for d in self.detectors if d.name == "micro")
+        if not det.thresholds.total or not self._iods.total:
+            return None
+        pct = 100.0 * det.thresholds.medians() / float(self._iods.medians()[0])
+        return DetectionFloor(pct_iod=round(float(np.median(pct)), 3),
+                              regions=tuple((name, round(float(v), 3)) for name, v in zip(ROI_NAMES, pct, strict=True)),
+                              steps=det.thresholds.total)
+
+    def _signal(self, det: _Detector, items: list[tuple[int, float]]) -> None:
+        """Report each decided sample to `on_signal(detector, frame, value)`: the value its threshold applies to."""
+        if self.on_signal is not None:
+            for index, value in items:
+                self.on_signal(det.name, index, value)
+
+    def _collect(self, final: bool) -> list[Window]:
+        out: list[Window] = []
+        for det in self.detectors:
+            for cand in det.ready(self._newest, final):
+                w = self._window(cand)
+                if w is not None and self._keep(w, cand):
+                    out.append(w)
+                    self._emitted.append(w)
+        out.sort(key=lambda w: w.onset)
+        self._emitted = [w for w in self._emitted if w.offset >= self._newest - self.crop_ring_size]
+        return out
+
+    def _keep(self, w: Window, cand: _Candidate) -> bool:
+        """Resolve detections of one movement by both time scales: each keeps only the kind it is made for."""
+        return self._wanted(w.kind, cand, w.onset, w.offset)
+
+    def _wanted(self, kind: str, cand: _Candidate, onset: int, offset: int) -> bool:
+        """Whether a window of this kind is its detector's to report (checked again before the costly face state)."""
+        if cand.detector == "micro":
+            return kind != "macro"  # long movements are the macro detector's
+        if kind != "macro":
+            return False  # short movements are the micro detector's
+        # a movement already reported as micro (or blink) is not reported again as macro
+        return not any(iou(onset, offset, e.onset, e.offset) >= 0.3 for e in self._emitted if e.kind != "macro")
+
+    def _window(self, cand: _Candidate) -> Window | None:
+        """Onset/offset by flow from the apex crop; kind by duration and blink shape."""
+        apex_item = self.crops.get(cand.apex)
+        if apex_item is None:
+            return None
+        apex_crop, lm, fid, _ = apex_item
+        top = float(cand.scores.max())
+        active = tuple(int(r) for r in np.flatnonzero(cand.scores >= 0.5 * top))
+        walked: dict[int, np.ndarray] = {}  # region motion from the apex crop per frame the walks reached
+        onset = self.windows.extent(cand, apex_crop, lm, fid, active, -1, walked)
+        offset = self.windows.extent(cand, apex_crop, lm, fid, active, +1, walked)
+        if onset is None or offset is None:
+            return None  # the movement did not level off within the search radius
+        duration = self._nominal_frames(onset, offset)
+        if duration < self.min_len or duration > self.max_window:
+            return None
+        kind = "micro" if duration <= self.max_micro else "macro"
+        if not self._wanted(kind, cand, onset, offset):
+            return None  # the other time scale's movement: decided before the landmark model runs
+        gated = self.config.gate == "label"
+        # the cheap gate first (tracking, lighting; the spread rule when on): a window it labels needs no landmarks
+        quality = self.judge.quality(cand, onset, offset, active, self._newest, rigid_head=False) if gated else "ok"
+        ctx = self.judge.context(cand, onset, offset, self._newest) if quality == "ok" else None
+        tags = list(ctx.tags()) if ctx is not None else []
+        if ctx is not None and ctx.landmarks:  # blinks from the eyes' state: closed eyes and the motion at the eyes
+            blink = ctx.blink and _eye_area_led(cand)
+        else:  # no landmarks (off, or the model lost the face): the flow shape of a closing upper lid
+            blink = kind == "micro" and cand.blink
+        if blink:
+            tags = [t for t in tags if t != "blink"]
+        if kind == "micro" and not blink and self.config.return_ratio > 0 and not self.windows.returns(
+                apex_crop, lm, fid, active, onset, offset, walked):
+            return None  # a step (an expression that is held, a posture change): not a go-and-return movement
+        if blink:
+            if self.config.blinks == "drop":
+                return None
+            if self.config.blinks == "label":
+                kind = "blink"
+        gated = gated and kind != "blink"
+        posed = ctx is not None and ctx.landmarks  # the head pose is known: the rigid-fit head test is not needed
+        if not gated:
+            quality = "ok"
+        elif quality == "ok" and posed:
+            quality = "occlusion" if ctx.occluded else "head_motion" if ctx.head_motion else "ok"
+        elif quality == "ok":  # no head pose from the landmarks: the rigid-fit head test decides
+            quality = self.judge.quality(cand, onset, offset, active, self._newest, rigid_head=True)
+        return Window(onset=onset, apex=cand.apex, offset=offset, score=round(float(cand.value), 4), kind=kind,
+                      quality=quality, context="+".join(tags))
+
+
+SPOTTERS: dict[str, Callable[..., Spotter]] = {"roi-flow": RoiFlowSpotter}
+
+
+def make_spotter(name: str, fps: float, config: SpotConfig | dict[str, Any] | None = None,
+                 on_signal: SignalHook | None = None) -> Spotter:
+    """Build a spotter by name ("roi-flow" is the default) for a video of `fps` (nominal) frames per second;
+    `on_signal(detector, frame, value)` gets both detectors' samples (module docstring)."""
+    try:
+        cls = SPOTTERS[name]
+    except KeyError:
+        raise SpotError(f"unknown spotter {name!r}; available: {', '.join(SPOTTERS)}") from None
+    return cls(fps, config, on_signal=on_signal)
