@@ -1,6 +1,6 @@
 """Quality gating of spotted windows: is a window's motion evidence explained by something that is not an expression?
 
-The roi-flow spotter (au_annotate/spot.py) records cheap per-frame and per-step signals while it runs and labels each
+The roi-flow spotter (au_annotate/spot/) records cheap per-frame and per-step signals while it runs and labels each
 window it emits with one of QUALITIES; only "ok" windows are reported and counted by default (like blinks, the others
 are kept for the HTML report, and written with their label when `spot = {gated = "label"}`).
 

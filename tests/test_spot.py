@@ -396,3 +396,12 @@ def test_windows_without_landmarks_are_labelled_and_fall_back_to_the_flow_shape(
     assert micro_f1(windows, events, 30.0) == (1, 0, 0), windows
     assert any(w.kind == "blink" for w in windows)
     assert sp.states is not None and sp.states.calls > 0
+
+
+def test_blinks_are_told_by_the_eyes_state() -> None:
+    """The default spotter (landmarks on): synthetic blinks that close the lids (lid over the eye, lash line) are blink
+    windows because the landmark model sees the eyes close, and none is a micro-expression."""
+    blinks = [PlantedEvent("blink", t, t + 0.08, t + 0.25, 4.0, kind="blink") for t in (1.1, 1.9, 2.6, 3.3)]
+    windows, _, _ = run(30.0, 4.0, blinks, noise_sigma=2.0)
+    assert [w for w in windows if w.kind == "micro"] == [], windows
+    assert sum(w.kind == "blink" for w in windows) >= 3, windows
