@@ -37,7 +37,7 @@ from au_annotate.face import FaceDetector, FaceTracker, parse_faces
 from au_annotate.flow import picture_for
 from au_annotate.records import AlignedFace, DetectionFloor, FlowSample, VideoInfo, VideoJob, Window
 from au_annotate.settings import Settings
-from au_annotate.spot import Spotter, make_spotter
+from au_annotate.spot import SpotConfig, Spotter, make_spotter
 from au_annotate.work import StageTimes, VideoFailure, VideoWork
 
 THUMB_SIZE = 96  # apex thumbnails kept per window for the HTML report (9 KB each)
@@ -142,7 +142,7 @@ class VideoRun:
         self.signals = _Signals()  # the report's timeline follows face0 (the largest face at first detection)
         self.tracks: dict[str, FaceState] = {}  # per face id: its own spotter and crop buffer
         self.recent_pts: deque[tuple[int, float]] = deque(maxlen=1)  # grown to the longest buffer (frame -> time)
-        self.keep_blinks = str(settings.spot.get("blinks", "")) in ("label", "keep")
+        self.keep_blinks = SpotConfig.from_any(settings.spot).blinks == "label"  # the one default: SpotConfig's
         self.keep_gated = str(settings.spot.get("gated", "drop")) == "label"  # windows whose quality is not "ok"
         self.frames = self.with_face = self._pending_frames = 0
         self.last_pts = 0.0

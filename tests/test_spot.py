@@ -405,3 +405,19 @@ def test_blinks_are_told_by_the_eyes_state() -> None:
     windows, _, _ = run(30.0, 4.0, blinks, noise_sigma=2.0)
     assert [w for w in windows if w.kind == "micro"] == [], windows
     assert sum(w.kind == "blink" for w in windows) >= 3, windows
+
+
+def test_the_blinks_default_has_one_source(tmp_path: Path) -> None:
+    """SpotConfig holds the blinks default ("report": labelled, shown in the report, not written); the pipeline writes
+    blink windows only with blinks = "label", read through SpotConfig, never from the raw option with its own default."""
+    from pathlib import PurePosixPath
+
+    from au_annotate.pipeline import VideoRun
+    from au_annotate.records import VideoJob
+    from au_annotate.settings import DEFAULTS
+
+    job = VideoJob(path=tmp_path / "v.mp4", rel=PurePosixPath("v.mp4"), out_dir=tmp_path)
+    assert SpotConfig().blinks == "report"
+    assert not VideoRun(job, DEFAULTS).keep_blinks
+    assert VideoRun(job, DEFAULTS.replace(spot={"blinks": "label"})).keep_blinks
+    assert not VideoRun(job, DEFAULTS.replace(spot={"blinks": "keep"})).keep_blinks

@@ -11,6 +11,7 @@ import cv2
 from au_annotate.errors import check_keys
 
 MOTION_DEGREES = {"affine": 1, "quadratic": 2, "cubic": 3}  # polynomial degree of the face motion model
+BLINK_OPTIONS = ("report", "label", "keep", "drop")
 
 
 class SpotError(ValueError):
@@ -43,7 +44,8 @@ class SpotConfig:
     extent_fraction: float = 0.95  # onset/offset where the displacement from the apex reaches this share of its plateau
     # (0.8 until round 9 of docs/spotting.md: it cut real micro-expressions short of their coded onset and offset)
     min_duration_s: float = 0.06  # shorter windows are discarded (flicker)
-    blinks: str = "label"  # label | drop | keep: what to do with eye-only downward events
+    blinks: str = "report"  # what to do with blinks: report (default): kind "blink", shown in the HTML report, not
+    # written; label: also written as kind "blink"; keep: not told apart (micro/macro); drop: discarded
     return_ratio: float = 0.0  # > 0: a micro window's net onset->offset motion must be at most this share of its
     # excursion (the go-and-return test; off by default since round 9 of docs/spotting.md: real offsets often do not
     # return to the onset state, and it dropped 24 of 58 real CASME II micro-expressions)
@@ -74,8 +76,8 @@ class SpotConfig:
         """Raise SpotError on values that cannot work."""
         if self.dis_preset not in DIS_PRESETS:
             raise SpotError(f"dis_preset must be one of {', '.join(DIS_PRESETS)}, got {self.dis_preset!r}")
-        if self.blinks not in ("label", "drop", "keep"):
-            raise SpotError(f"blinks must be label, drop or keep, got {self.blinks!r}")
+        if self.blinks not in BLINK_OPTIONS:
+            raise SpotError(f"blinks must be one of {', '.join(BLINK_OPTIONS)}, got {self.blinks!r}")
         if self.gate not in ("label", "off") or self.gated not in ("drop", "label"):
             raise SpotError(f"gate must be label or off and gated drop or label, got {self.gate!r}, {self.gated!r}")
         if self.landmarks not in ("on", "off"):

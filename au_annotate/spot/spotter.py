@@ -244,7 +244,7 @@ class RoiFlowSpotter:
         if blink:
             if self.config.blinks == "drop":
                 return None
-            if self.config.blinks == "label":
+            if self.config.blinks in ("report", "label"):
                 kind = "blink"
         gated = gated and kind != "blink"
         posed = ctx is not None and ctx.landmarks  # the head pose is known: the rigid-fit head test is not needed
