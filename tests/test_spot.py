@@ -421,3 +421,19 @@ def test_the_blinks_default_has_one_source(tmp_path: Path) -> None:
     assert not VideoRun(job, DEFAULTS).keep_blinks
     assert VideoRun(job, DEFAULTS.replace(spot={"blinks": "label"})).keep_blinks
     assert not VideoRun(job, DEFAULTS.replace(spot={"blinks": "keep"})).keep_blinks
+
+
+def test_a_shot_cut_every_second_gives_no_window() -> None:
+    """Bad input: the picture cuts between the face and its shifted mirror image every second (re-detections, new
+    tracking epochs): no crash and no window, since flow is never taken across a cut."""
+    from au_annotate.face import FaceTracker
+    from au_annotate.records import Frame
+
+    tracker, sp = FaceTracker(30.0), make_spotter("roi-flow", 30.0)
+    windows: list[Window] = []
+    for f in iter_frames(fps=30.0, duration_s=6.0, size=SIZE, noise_sigma=2.0, head_motion_px=4.0, seed=2):
+        img = f.image if int(f.pts_s) % 2 == 0 else np.ascontiguousarray(np.roll(f.image[:, ::-1], 40, axis=1))
+        face = next((x for x in tracker.process_all(Frame(f.index, f.pts_s, img, "rgb")) if x.face_id == "face0"), None)
+        windows += sp.process_frame(f.index, f.pts_s, face)
+    windows += sp.flush()
+    assert windows == []
