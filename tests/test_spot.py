@@ -291,6 +291,21 @@ def test_region_motion_is_the_mean_of_each_regions_strongest_residuals(model: st
 CASME = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "casme2-frames"
 
 
+def spot_padded_clip(frames: list[np.ndarray], fps: float, pad: int) -> list[Window]:
+    """A real clip (gray frames) with `pad` copies of its first and last frame around it, through the product's face
+    tracker and the default spotter: every window."""
+    from au_annotate.face import FaceTracker
+    from au_annotate.records import Frame
+
+    seq = [frames[0]] * pad + frames + [frames[-1]] * pad
+    tracker, sp = FaceTracker(fps), RoiFlowSpotter(fps)
+    windows: list[Window] = []
+    for i, img in enumerate(seq):
+        faces = tracker.process_all(Frame(i, i / fps, img, "gray"))
+        windows += sp.process_frame(i, i / fps, faces[0] if faces else None)
+    return windows + sp.flush()
+
+
 @pytest.mark.skipif(not (CASME / "labels.csv").is_file(), reason="CASME II frames not present (../shared/datasets)")
 @pytest.mark.parametrize("clip", ["EP02_01f", "EP19_05f"])
 def test_real_casme2_micro_expressions_are_spotted(clip: str) -> None:
@@ -300,21 +315,13 @@ def test_real_casme2_micro_expressions_are_spotted(clip: str) -> None:
 
     import cv2
 
-    from au_annotate.face import FaceTracker
-    from au_annotate.records import Frame
 
     with open(CASME / "labels.csv", newline="") as fh:
         row = next(r for r in csv.DictReader(fh) if r["Filename"] == clip)
     first, last = int(row["OnsetFrame"]), int(row["OffsetFrame"])
     imgs = [cv2.imread(str(CASME / clip / f"img{i}.jpg"), cv2.IMREAD_GRAYSCALE) for i in range(first, last + 1)]
-    fps, pad = 200.0, 200
-    seq = [imgs[0]] * pad + imgs + [imgs[-1]] * pad
-    tracker, sp = FaceTracker(fps), RoiFlowSpotter(fps)
-    windows: list[Window] = []
-    for i, img in enumerate(seq):
-        faces = tracker.process_all(Frame(i, i / fps, img, "gray"))
-        windows += sp.process_frame(i, i / fps, faces[0] if faces else None)
-    windows += sp.flush()
+    pad = 200
+    windows = spot_padded_clip(imgs, 200.0, pad)
     reported = [w for w in windows if w.kind in ("micro", "macro") and w.quality == "ok"]
     gt = Interval("v", pad, pad + last - first, "micro")
     best = max((iou(gt.onset, gt.offset, w.onset, w.offset) for w in reported), default=0.0)
@@ -363,19 +370,11 @@ def test_real_casme2_cropped_micro_expressions_are_spotted(folder: str) -> None:
     docs/spotting.md round 9: a regression test; the benchmark gives the rate over all 185.)"""
     from casme2_spotting import FPS, clip_frames, read_clips
 
-    from au_annotate.face import FaceTracker
-    from au_annotate.records import Frame
 
     row = next(r for r in read_clips(CROPPED) if r["folder"] == folder)
     frames = clip_frames(CROPPED, row)
     pad = 100
-    seq = [frames[0]] * pad + frames + [frames[-1]] * pad
-    tracker, sp = FaceTracker(FPS), RoiFlowSpotter(FPS)
-    windows: list[Window] = []
-    for i, img in enumerate(seq):
-        faces = tracker.process_all(Frame(i, i / FPS, img, "gray"))
-        windows += sp.process_frame(i, i / FPS, faces[0] if faces else None)
-    windows += sp.flush()
+    windows = spot_padded_clip(frames, FPS, pad)
     reported = [w for w in windows if w.kind in ("micro", "macro") and w.quality == "ok"]
     assert len(reported) == 1 and iou(pad, pad + len(frames) - 1, reported[0].onset, reported[0].offset) >= 0.5, windows
 
