@@ -53,7 +53,6 @@ class WindowJudge:
                               round(min((f.match for f in frames if f is not None), default=0), 3)))
         return label
 
-
     def context(self, cand: _Candidate, onset: int, offset: int, newest: int) -> WindowContext | None:
         """What the face was doing around a window (au_annotate.facestate), from dense landmarks on the crops the ring
         still holds (frames not there count as missing); None when landmarks are off. The talking test's samples are
