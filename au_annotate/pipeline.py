@@ -4,8 +4,9 @@ Frames stream through three threads joined by bounded queues: decoding, face tra
 the stages overlap on several cores (OpenCV releases the GIL); OpenCV's own thread pool is turned off meanwhile, since
 these threads and the worker processes already use the cores (FFmpeg's decoder still runs its own threads). The decode
 and face threads run at a lower priority (HELPER_NICE): the spotter is the slowest stage, and they catch up whenever it
-waits for them. Nothing holds the whole video: a ring buffer keeps the aligned crops of the last
-`spotter.max_latency_frames` frames, so when the spotter closes a window its onset and apex crops are still at hand.
+waits for them. Nothing holds the whole video: each face's spotter keeps the aligned faces and timestamps of its last
+`max_latency_frames` frames in its ring (the only one), so when it closes a window the onset and apex crops are still
+at hand (`Spotter.face_pair`).
 Everything here is NumPy/OpenCV on the CPU (no torch), so it can run in worker processes; the model runs later, in one
 batch runner for all videos (collect.py / infer.py).
 """
@@ -16,9 +17,7 @@ import contextlib
 import threading
 import time
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -56,46 +55,6 @@ class NoFaceError(RuntimeError):
         self.info = info
 
 
-class CropBuffer:
-    """Bounded ring buffer of aligned faces by frame index (memory independent of video length)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = max(2, capacity)
-        self._items: deque[AlignedFace] = deque(maxlen=self.capacity)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def add(self, face: AlignedFace) -> None:
-        self._items.append(face)
-
-    def pair(self, onset: int, apex: int) -> tuple[AlignedFace, AlignedFace] | None:
-        """Crops for onset and apex: the apex's own (or nearest earlier) crop, and the onset crop nearest to `onset`
-        in the same tracking epoch (flow across a re-detection would measure the jump). None when nothing fits."""
-        items = list(self._items)
-        apex_face = min((f for f in items if f.index <= apex), key=lambda f: apex - f.index, default=None)
-        if apex_face is None:
-            return None
-        same = [f for f in items if f.epoch == apex_face.epoch and f.index <= apex_face.index]
-        onset_face = min(same, key=lambda f: (abs(f.index - onset), f.index), default=None)
-        if onset_face is None:
-            return None
-        return onset_face, apex_face
-
-
-@dataclass
-class FaceState:
-    """Per-face streaming state: that face's spotter and the ring buffer of its recent crops."""
-
-    spotter: Spotter
-    buffer: CropBuffer
-
-    @classmethod
-    def for_spotter(cls, spotter: Spotter) -> FaceState:
-        """The buffer holds the spotter's latency plus margins: a closing window's onset crop is still there."""
-        return cls(spotter, CropBuffer(spotter.max_latency_frames + 2))
-
-
 class _Signals:
     """The spotting signals of one face (the report's timeline), as rows of frame index, micro value, macro value."""
 
@@ -124,8 +83,8 @@ class VideoRun:
     """One video, one pass: decode -> face -> spot -> flow. `run()` returns its VideoWork (no model here).
 
     The steps, in the order a frame meets them: `_tracked` (the face thread: decoded frame -> aligned faces),
-    `_on_frame` (each face's crops into its ring buffer and spotter), `_emit` (a closed window -> flow sample from the
-    buffered onset and apex crops), `_finish` (flush the spotters, check the video had frames and a face)."""
+    `_on_frame` (each face into its spotter), `_emit` (a closed window -> flow sample from the onset and apex crops the
+    spotter's ring still holds), `_finish` (flush the spotters, check the video had frames and a face)."""
 
     def __init__(self, job: VideoJob, settings: Settings, *, detector: FaceDetector | None = None,
                  on_start: Callable[[VideoInfo], None] | None = None,
@@ -140,8 +99,7 @@ class VideoRun:
         self.unreported: list[Window] = []
         self.floors: dict[str, DetectionFloor] = {}  # per face id: how small a movement its spotter could see
         self.signals = _Signals()  # the report's timeline follows face0 (the largest face at first detection)
-        self.tracks: dict[str, FaceState] = {}  # per face id: its own spotter and crop buffer
-        self.recent_pts: deque[tuple[int, float]] = deque(maxlen=1)  # grown to the longest buffer (frame -> time)
+        self.tracks: dict[str, Spotter] = {}  # per face id: its own spotter (which keeps that face's recent crops)
         self.keep_blinks = SpotConfig.from_any(settings.spot).blinks == "label"  # the one default: SpotConfig's
         self.keep_gated = str(settings.spot.get("gated", "drop")) == "label"  # windows whose quality is not "ok"
         self.frames = self.with_face = self._pending_frames = 0
@@ -196,18 +154,14 @@ class VideoRun:
         self.frames += 1
         self.with_face += bool(faces)
         self.last_pts = pts_s
-        self.recent_pts.append((index, pts_s))
         present = {f.face_id: f for f in faces}
         for face_id in present.keys() - self.tracks.keys():
             self._new_track(face_id)
-        for face_id, state in self.tracks.items():
-            face = present.get(face_id)
-            if face is not None:
-                state.buffer.add(face)
+        for face_id, spotter in self.tracks.items():
             t0 = time.perf_counter()
-            windows = state.spotter.process_frame(index, pts_s, face)
+            windows = spotter.process_frame(index, pts_s, present.get(face_id))
             self.times.spot += time.perf_counter() - t0
-            self._emit(windows, state)
+            self._emit(windows, spotter)
         if len(self.tracks) > len(present):
             for face_id in [f for f in self.tracks if f not in alive]:  # forgotten by the tracker: finish and drop
                 self._flush(face_id, self.tracks.pop(face_id))
@@ -218,28 +172,28 @@ class VideoRun:
 
     def _new_track(self, face_id: str) -> None:
         hook = self.signals if face_id == "face0" else None
-        spotter = self.spotter_factory(face_id, self.fps, hook)
-        state = FaceState.for_spotter(spotter)
-        self.tracks[face_id] = state
-        if self.recent_pts.maxlen is not None and self.recent_pts.maxlen < state.buffer.capacity + 1:
-            self.recent_pts = deque(self.recent_pts, maxlen=state.buffer.capacity + 1)
+        self.tracks[face_id] = self.spotter_factory(face_id, self.fps, hook)
 
-    def _flush(self, face_id: str, state: FaceState) -> None:
+    def _flush(self, face_id: str, spotter: Spotter) -> None:
         t0 = time.perf_counter()
-        windows = state.spotter.flush()
-        floor = state.spotter.detection_floor()
+        windows = spotter.flush()
+        floor = spotter.detection_floor()
         self.times.spot += time.perf_counter() - t0
         known = self.floors.get(face_id)
         if floor is not None and (known is None or floor.steps > known.steps):  # a face id tracked twice: the longer
             self.floors[face_id] = floor
-        self._emit(windows, state)
+        self._emit(windows, spotter)
 
-    def _emit(self, windows: list[Window], state: FaceState) -> None:
-        """Closed windows -> flow samples, from the onset and apex crops still in the face's ring buffer."""
+    def _emit(self, windows: list[Window], spotter: Spotter) -> None:
+        """Closed windows -> flow samples, from the onset and apex crops still in the face spotter's ring."""
         if not windows:
             return
         t0 = time.perf_counter()
-        lookup = dict(self.recent_pts)
+
+        def at(index: int, default: float) -> float:
+            t = spotter.time_at(index)
+            return default if t is None else t
+
         for w in windows:
             if w.kind == "blink" and not self.keep_blinks:
                 self.unreported.append(w)  # not an expression: written only when asked (spot = {blinks = "label"})
@@ -247,22 +201,21 @@ class VideoRun:
             if w.quality != "ok" and not self.keep_gated:
                 self.unreported.append(w)  # explained by head motion, occlusion, ...: spot = {gated = "label"} keeps it
                 continue
-            pair = state.buffer.pair(w.onset, w.apex)
+            pair = spotter.face_pair(w.onset, w.apex)
             if pair is None:
                 continue
             onset_face, apex_face = pair
             pic = picture_for(self.settings.input_layout, onset_face.crop, apex_face.crop, apex_face.landmarks)
-            offset_s = lookup.get(w.offset, self.last_pts if w.offset >= self.frames - 1 else apex_face.pts_s)
+            offset_s = at(w.offset, self.last_pts if w.offset >= self.frames - 1 else apex_face.pts_s)
             thumb = cv2.resize(apex_face.crop, (THUMB_SIZE, THUMB_SIZE), interpolation=cv2.INTER_AREA)
-            self.samples.append(FlowSample(face_id=apex_face.face_id, window=w,
-                                           onset_s=lookup.get(w.onset, onset_face.pts_s),
-                                           apex_s=lookup.get(w.apex, apex_face.pts_s), offset_s=offset_s, image=pic,
+            self.samples.append(FlowSample(face_id=apex_face.face_id, window=w, onset_s=at(w.onset, onset_face.pts_s),
+                                           apex_s=at(w.apex, apex_face.pts_s), offset_s=offset_s, image=pic,
                                            apex_thumb=thumb))
         self.times.flow += time.perf_counter() - t0
 
     def _finish(self) -> None:
-        for face_id, state in self.tracks.items():
-            self._flush(face_id, state)
+        for face_id, spotter in self.tracks.items():
+            self._flush(face_id, spotter)
         if self.on_frames and self._pending_frames:
             self.on_frames(self._pending_frames)
             self._pending_frames = 0

@@ -15,7 +15,6 @@ from dataclasses import replace
 import numpy as np
 
 from au_annotate.decode import prefetch
-from au_annotate.pipeline import CropBuffer, FaceState
 from au_annotate.records import AlignedFace, Frame
 
 
@@ -24,26 +23,44 @@ def _face(index: int, epoch: int = 0, side: int = 8) -> AlignedFace:
                        landmarks=np.zeros((5, 2), np.float32), box=(0.0, 0.0, 1.0, 1.0), match=1.0, epoch=epoch)
 
 
-def test_crop_buffer_never_exceeds_capacity_over_20k_crops() -> None:
-    buf = CropBuffer(50)
-    longest = 0
+def _ring_spotter():  # noqa: ANN202 - RoiFlowSpotter
+    from au_annotate.spot import make_spotter
+
+    return make_spotter("roi-flow", 30.0, {"landmarks": "off"})
+
+
+def _put(sp, face: AlignedFace) -> None:  # noqa: ANN001
+    """A face into the spotter's ring as process_frame stores it (the flow parts unused here)."""
+    sp.crops.put(face.index, (None, None, (face.face_id, face.epoch), face))
+    sp.times.put(face.index, face.pts_s)
+
+
+def test_the_spotter_ring_keeps_only_the_latest_faces_over_20k_frames() -> None:
+    """The only ring of aligned faces is the spotter's: a window's onset and apex faces are at hand while the window
+    can close, and evicted after; its size does not grow."""
+    sp = _ring_spotter()
+    n = sp.crop_ring_size
     for i in range(20_000):
-        buf.add(_face(i, epoch=i // 5000))
-        longest = max(longest, len(buf))
-        if i % 997 == 0 and i >= 60:
-            pair = buf.pair(i - 30, i - 10)  # a window inside the buffer: both crops still at hand
-            assert pair is not None and pair[0].index == i - 30 and pair[1].index == i - 10
-            assert buf.pair(i - 500, i - 400) is None  # evicted long ago
-    assert longest == 50 == len(buf)
-    assert min(f.index for f in buf._items) == 20_000 - 50  # noqa: SLF001 - the oldest kept is the last 50th
+        _put(sp, _face(i, epoch=i // 5000))
+        if i % 997 == 0 and i % 5000 >= 60:
+            onset, apex = sp.face_pair(i - 30, i - 10)
+            assert onset.index == i - 30 and apex.index == i - 10
+            assert sp.time_at(i - 10) == (i - 10) / 30
+            if i > n + 100:
+                assert sp.face_pair(i - n - 100, i - n - 50) is None  # evicted long ago
+                assert sp.time_at(i - n - 5) is None
+    assert sp.crops.size == n and len(sp.crops._vals) == n  # noqa: SLF001
+    assert min(sp.crops._keys) == 20_000 - n  # noqa: SLF001 - the oldest kept is the last n-th
 
 
-def test_crop_buffer_pairs_stay_in_one_tracking_epoch() -> None:
-    buf = CropBuffer(20)
+def test_face_pairs_stay_in_one_tracking_epoch() -> None:
+    sp = _ring_spotter()
     for i in range(100):
-        buf.add(_face(i, epoch=0 if i < 90 else 1))
-    onset, apex = buf.pair(85, 95)  # type: ignore[misc]
+        _put(sp, _face(i, epoch=0 if i < 90 else 1))
+    onset, apex = sp.face_pair(85, 95)  # type: ignore[misc]
     assert apex.index == 95 and onset.epoch == apex.epoch == 1 and onset.index == 90
+    onset, apex = sp.face_pair(86, 87)  # type: ignore[misc]
+    assert (onset.index, apex.index) == (86, 87)
 
 
 def test_prefetch_holds_at_most_maxsize_frames_over_20k_frames() -> None:
@@ -150,19 +167,15 @@ def test_spotter_state_does_not_grow_over_12k_frames() -> None:
         assert 0 < late <= early * 1.02 + 32, (part, early, late, series)
 
 
-def test_crop_buffer_capacity_follows_spotter_latency() -> None:
-    """The pipeline sizes the crop buffer from the spotter's latency: a window's onset crop is still there when it closes."""
-    from au_annotate.spot import make_spotter
-
-    spotter = make_spotter("roi-flow", 30.0)
-    buf = FaceState.for_spotter(spotter).buffer  # what the pipeline gives each face
+def test_the_spotter_ring_covers_its_latency() -> None:
+    """A window's onset face is still in the spotter's ring when the window closes (at most max_latency_frames after)."""
+    sp = _ring_spotter()
     newest = 5000
     for i in range(newest + 1):
-        buf.add(_face(i, side=2))
-    onset = newest - spotter.max_latency_frames  # the oldest onset a window closing now may have
-    pair = buf.pair(onset, onset + 1)
+        _put(sp, _face(i, side=2))
+    onset = newest - sp.max_latency_frames  # the oldest onset a window closing now may have
+    pair = sp.face_pair(onset, onset + 1)
     assert pair is not None and pair[0].index == onset
-    assert len(buf) <= buf.capacity
 
 
 def _pipeline_threads(before: set[int | None]) -> list[threading.Thread]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -74,16 +75,35 @@ def training_windows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 class _ScriptedSpotter:
-    """A 'spotter' that emits given windows (the coder's) once their apex frame has been seen."""
+    """A 'spotter' that emits given windows (the coder's) once their apex frame has been seen, keeping the faces and
+    times of its latest frames (as a real spotter does) for their flow pictures."""
 
     def __init__(self, windows: list[Window]) -> None:
         self._todo = sorted(windows, key=lambda w: (w.apex, w.onset))
         self.max_latency_frames = max([w.apex - w.onset for w in windows] + [0]) + 4
+        self._faces: deque[AlignedFace] = deque(maxlen=self.max_latency_frames + 2)
+        self._times: dict[int, float] = {}
 
     def process_frame(self, index: int, pts_s: float, face: AlignedFace | None) -> list[Window]:
+        if face is not None:
+            self._faces.append(face)
+        self._times[index] = pts_s
+        self._times.pop(index - self.max_latency_frames - 2, None)
         out = [w for w in self._todo if w.apex <= index]
         self._todo = self._todo[len(out):]
         return out
+
+    def face_pair(self, onset: int, apex: int) -> tuple[AlignedFace, AlignedFace] | None:
+        """The apex's own (or nearest earlier) face and the face of its tracking epoch nearest to onset."""
+        apex_face = max((f for f in self._faces if f.index <= apex), key=lambda f: f.index, default=None)
+        if apex_face is None:
+            return None
+        same = [f for f in self._faces if f.epoch == apex_face.epoch and f.index <= apex_face.index]
+        onset_face = min(same, key=lambda f: (abs(f.index - onset), f.index))
+        return onset_face, apex_face
+
+    def time_at(self, index: int) -> float | None:
+        return self._times.get(index)
 
     def flush(self) -> list[Window]:
         out, self._todo = self._todo, []

@@ -63,7 +63,7 @@ class WindowJudge:
 
         def sample(i: int):  # noqa: ANN202 - FaceStateSample | None
             item = self.crops.get(i) if 0 <= i <= newest else None
-            return states.get(i, item[3] if item is not None else None)
+            return states.get(i, item[3].crop if item is not None else None)
 
         inside, refs, span = plan_samples(onset, cand.apex, offset, self.fps)
         a, b = [sample(i) for i in inside], [sample(i) for i in refs]

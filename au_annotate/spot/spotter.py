@@ -34,6 +34,10 @@ class Spotter(Protocol):
 
     def detection_floor(self) -> DetectionFloor | None: ...
 
+    def face_pair(self, onset: int, apex: int) -> tuple[AlignedFace, AlignedFace] | None: ...
+
+    def time_at(self, index: int) -> float | None: ...
+
 
 class RoiFlowSpotter:
     """The default spotter ("roi-flow"): DIS flow k frames back, landmark ROIs, head-motion removal, adaptive threshold."""
@@ -86,7 +90,7 @@ class RoiFlowSpotter:
         # its onset is at most `longest` frames before the apex
         self.max_latency_frames = longest + max(longest, 2 * gap_max) + delay + 2 * warmup_frames + 2
         self.crop_ring_size = self.max_latency_frames + 2
-        self.crops = _Ring(self.crop_ring_size)  # (small crop, small landmarks, (face_id, epoch), full crop) per frame
+        self.crops = _Ring(self.crop_ring_size)  # (small crop, small landmarks, (face_id, epoch), AlignedFace) per frame
         self.times = _Ring(self.crop_ring_size)  # every frame's timestamp (seconds), for real window durations
         # latest frame fed minus onset of the latest window it can emit: radius before the apex, radius after it,
         # the detector delay, and the warm-up at the start of the stream
@@ -140,7 +144,7 @@ class RoiFlowSpotter:
         self._iods.add(np.array([iod]), same=iod == self._iod_last)
         self._iod_last = iod
         track = (face.face_id, getattr(face, "epoch", 0))  # crops of one tracking epoch are pixel-aligned
-        self.crops.put(index, (small, lm, track, face.crop))  # the full crop is the pipeline's own array (no copy)
+        self.crops.put(index, (small, lm, track, face))  # the aligned face itself: the only ring of crops (no copy)
         match = float(getattr(face, "match", 1.0))
         x, y, w, h = getattr(face, "box", (0.0, 0.0, 1.0, 1.0))
         self.qframes.put(index, FrameSignals(match, float(cv2.mean(small)[0]), x + w / 2, y + h / 2, max(w, h)))
@@ -176,6 +180,29 @@ class RoiFlowSpotter:
         return DetectionFloor(pct_iod=round(float(np.median(pct)), 3),
                               regions=tuple((name, round(float(v), 3)) for name, v in zip(ROI_NAMES, pct, strict=True)),
                               steps=det.thresholds.total)
+
+    def face_pair(self, onset: int, apex: int) -> tuple[AlignedFace, AlignedFace] | None:
+        """The aligned faces of a closed window for its flow picture: the apex's own face (or the nearest earlier one in
+        the ring) and, of the same tracking epoch and not after it, the face nearest to `onset` (the earlier on a tie):
+        flow across a re-detection would measure the jump. None when the ring holds no such face."""
+        apex_face = None
+        for i in range(apex, max(-1, apex - self.crop_ring_size), -1):
+            item = self.crops.get(i)
+            if item is not None:
+                apex_face = item[3]
+                break
+        if apex_face is None:
+            return None
+        for d in range(self.crop_ring_size):
+            for i in ((onset - d, onset + d) if d else (onset,)):
+                item = self.crops.get(i) if 0 <= i <= apex_face.index else None
+                if item is not None and getattr(item[3], "epoch", 0) == getattr(apex_face, "epoch", 0):
+                    return item[3], apex_face
+        return None
+
+    def time_at(self, index: int) -> float | None:
+        """The timestamp (s) of a recent frame, None when the ring no longer (or never) held it."""
+        return self.times.get(index)
 
     def _signal(self, det: _Detector, items: list[tuple[int, float]]) -> None:
         """Report each decided sample to `on_signal(detector, frame, value)`: the value its threshold applies to."""
