@@ -5,9 +5,11 @@ the dense landmark model (`landmarks.FaceMesh`, ~20 ms a call, so never on every
 still holds and turns each mesh into a `FaceStateSample` (eye openness, mouth aperture, head pose, presence). Then
 `explain()` decides, by rules fixed from anatomy before any evaluation (docs/spotting.md, round 9):
 
-- blink: the eyes close. Both eyes' openness (lid gap / eye width) falls to at most `BLINK_CLOSED` of its open level
-  (the median of the samples outside the window) somewhere inside the window. A blink closes the lid most of the way;
-  lid tightening (AU7) or a cheek raise (AU6) narrows the eye by far less.
+- blink: the eyes close and open again. Both eyes' openness (lid gap / eye width) falls to at most `BLINK_CLOSED` of
+  its open level (the median of the samples outside the window) somewhere inside the window, and a later sample (inside
+  or just after the window) is above that again. A blink closes the lid most of the way; lid tightening (AU7) or a
+  cheek raise (AU6) narrows the eye by far less; eyes that close and stay closed are not a blink (round 9: real CASME II
+  micro-expressions where the eyes shut during a brow lowering).
 - speech: the mouth opens and closes repeatedly around the window: at least `SPEECH_CYCLES` openings of at least
   `SPEECH_OPENING` inter-ocular distances (IOD) within +-`SPEECH_SPAN_S` of the apex (syllables come at 3-6 Hz and open
   the lips several millimetres; a lips-part micro-expression opens them once).
@@ -182,7 +184,8 @@ def explain(inside: Sequence[FaceStateSample | None], refs: Sequence[FaceStateSa
     open_level = float(np.median([s.eyes for s in refs_ok])) if refs_ok else max((s.eyes for s in inside_ok), default=0)
     eyes_min = min((s.eyes for s in inside_ok), default=open_level)
     ratio = eyes_min / open_level if open_level > 1e-6 else 1.0
-    blink = open_level > 1e-6 and ratio <= BLINK_CLOSED
+    closed = open_level > 1e-6 and ratio <= BLINK_CLOSED
+    blink = closed and _reopens(inside_ok, refs_ok, open_level)
     openings = count_openings([s.mouth for s in sorted(span_ok, key=lambda s: s.index)])
     head = 0.0
     if len(inside_ok) >= 2:  # the rotation that at least half of the later samples reach: a turn persists, while the
@@ -191,6 +194,14 @@ def explain(inside: Sequence[FaceStateSample | None], refs: Sequence[FaceStateSa
         head = turns[(len(turns) - 1) // 2]
     return WindowContext(blink=blink, speech=openings >= SPEECH_CYCLES, head_deg=round(head, 2), occluded=occluded,
                          landmarks=True, eyes_min_ratio=round(ratio, 3), openings=openings, samples=n)
+
+
+def _reopens(inside: Sequence[FaceStateSample], refs: Sequence[FaceStateSample], open_level: float) -> bool:
+    """Whether the eyes open again after their most closed sample (a blink closes and reopens; eyes that stay shut
+    are closed eyes, not a blink)."""
+    samples = sorted([*inside, *refs], key=lambda s: s.index)
+    low = min(range(len(samples)), key=lambda i: samples[i].eyes)
+    return any(s.eyes > BLINK_CLOSED * open_level for s in samples[low + 1:])
 
 
 class FaceStateCache:

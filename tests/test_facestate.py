@@ -132,6 +132,9 @@ def test_explain_blink_speech_head_and_occlusion() -> None:
     assert calm.tags() == () and calm.landmarks and not calm.blink
     closed = [_sample(i, eyes=0.3 * (BLINK_CLOSED - 0.05) if i == 5 else 0.3) for i in range(2, 9)]
     assert explain(closed, refs, closed).blink
+    shut = [_sample(i, eyes=0.3 * (BLINK_CLOSED - 0.05) if i >= 5 else 0.3) for i in range(2, 9)]
+    shut_refs = [_sample(i, eyes=0.3 if i < 2 else 0.3 * (BLINK_CLOSED - 0.05)) for i in (0, 1, 9, 10)]
+    assert not explain(shut, shut_refs, shut).blink  # the eyes close and stay closed: not a blink
     narrowed = [_sample(i, eyes=0.3 * (BLINK_CLOSED + 0.1) if i == 5 else 0.3) for i in range(2, 9)]
     assert not explain(narrowed, refs, narrowed).blink  # lids narrowed (AU7), not closed
     talk = [_sample(i, mouth=0.05 + (2 * SPEECH_OPENING if i % 2 else 0.0)) for i in range(11)]
