@@ -4,8 +4,6 @@ spotter (au_annotate/spot/__init__.py)."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections import deque
 
 import numpy as np
@@ -32,10 +30,10 @@ class WindowJudge:
         # the gate's inputs of the latest windows (apex, label, evidence, head, spread, match level, min match): why
         self.gate_log: deque[tuple] = deque(maxlen=GATE_LOG_SIZE)
 
-    def quality(self, cand: _Candidate, onset: int, offset: int, active: tuple[int, ...], newest: int,
-                rigid_head: bool = True) -> str:
-        """The window's quality label (au_annotate.quality) from the gate signals from onset - k to offset + k
-        (`rigid_head` False: without the rigid-fit head-motion test, for windows whose head pose the landmarks give)."""
+    def quality(self, cand: _Candidate, onset: int, offset: int, active: tuple[int, ...], newest: int) -> str:
+        """The window's quality label (au_annotate.quality) from the gate signals from onset - k to offset + k; its
+        checks run in a fixed order, so "head_motion" means every other check passed (the caller may overrule that
+        rigid-fit test with the landmarks' head pose)."""
         det = next(d for d in self.detectors if d.name == cand.detector)
         k = det.k * det.stride
         lo, hi = max(0, onset - k), min(newest, offset + k)
@@ -45,8 +43,7 @@ class WindowJudge:
         steps = [_step_signals(ring.get(i), REF_SIZE / self.config.flow_size) for i in range(first, hi + 1, det.stride)]
         evidence = float(np.linalg.norm(cand.vectors[list(active)], axis=1).max()) if active else 0.0
         level = float(self.match_hist.level()[0])
-        gate = self.gate if rigid_head else dataclasses.replace(self.gate, head_ratio=math.inf)
-        label = label_window(frames, steps, k, evidence, level, gate)
+        label = label_window(frames, steps, k, evidence, level, self.gate)
         st = [x for x in steps if x is not None]
         self.gate_log.append((cand.apex, label, round(evidence, 3), round(max((x.head_px for x in st), default=0), 3),
                               round(max((x.spread_px for x in st), default=0), 3), round(level, 3),

@@ -255,8 +255,11 @@ class RoiFlowSpotter:
         if not self._wanted(kind, cand, onset, offset):
             return None  # the other time scale's movement: decided before the landmark model runs
         gated = self.config.gate == "label"
-        # the cheap gate first (tracking, lighting; the spread rule when on): a window it labels needs no landmarks
-        quality = self.judge.quality(cand, onset, offset, active, self._newest, rigid_head=False) if gated else "ok"
+        # the gate once (tracking, lighting, the spread rule when on, last the rigid-fit head test): a window it labels
+        # for anything but the rigid head test needs no landmarks; that test counts only where the pose is not known
+        gate = self.judge.quality(cand, onset, offset, active, self._newest) if gated else "ok"
+        rigid_head = gate == "head_motion"
+        quality = "ok" if rigid_head else gate
         ctx = self.judge.context(cand, onset, offset, self._newest) if quality == "ok" else None
         tags = list(ctx.tags()) if ctx is not None else []
         if ctx is not None and ctx.landmarks:  # blinks from the eyes' state: closed eyes and the motion at the eyes
@@ -279,8 +282,8 @@ class RoiFlowSpotter:
             quality = "ok"
         elif quality == "ok" and posed:
             quality = "occlusion" if ctx.occluded else "head_motion" if ctx.head_motion else "ok"
-        elif quality == "ok":  # no head pose from the landmarks: the rigid-fit head test decides
-            quality = self.judge.quality(cand, onset, offset, active, self._newest, rigid_head=True)
+        elif quality == "ok" and rigid_head:  # no head pose from the landmarks: the rigid-fit head test decides
+            quality = "head_motion"
         return Window(onset=onset, apex=cand.apex, offset=offset, score=round(float(cand.value), 4), kind=kind,
                       quality=quality, context="+".join(tags))
 
