@@ -179,7 +179,7 @@ def explain(inside: Sequence[FaceStateSample | None], refs: Sequence[FaceStateSa
     n = len(inside) + len(refs) + len(span)
     if not inside_ok and not refs_ok and not span_ok:
         return WindowContext(landmarks=False, samples=n)
-    occluded = bool(refs_ok) and len(inside_ok) < len([s for s in inside]) and len(inside_ok) <= len(inside) // 2
+    occluded = bool(refs_ok) and bool(inside) and len(inside_ok) <= len(inside) // 2
     # blink: eyes closed inside the window relative to the open level next to it (or the window's most open sample)
     open_level = float(np.median([s.eyes for s in refs_ok])) if refs_ok else max((s.eyes for s in inside_ok), default=0)
     eyes_min = min((s.eyes for s in inside_ok), default=open_level)

@@ -55,6 +55,13 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
         yield fh
 
 
+def shipped_dirs() -> tuple[Path, Path]:
+    """Where files that ship with au-annotate lie: the installed wheel's `_weights/`, then the source checkout's
+    `weights/` (the HTNet checkpoints and the landmark model)."""
+    package = Path(__file__).resolve().parent
+    return package / "_weights", package.parent / "weights"
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks (the one implementation: weights, landmark model, data identities)."""
     h = hashlib.sha256()

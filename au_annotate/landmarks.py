@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from au_annotate.fileio import sha256_file
+from au_annotate.fileio import sha256_file, shipped_dirs
 from au_annotate.native import NativeStderr
 
 MODEL_FILE = "face_landmarker.task"
@@ -65,11 +65,11 @@ class Mesh:
 
 def model_path() -> Path:
     """The bundle's file: the installed wheel's `_weights/`, else the source checkout's `weights/`."""
-    package = Path(__file__).resolve().parent
-    for folder in (package / "_weights", package.parent / "weights"):
+    folders = shipped_dirs()
+    for folder in folders:
         if (folder / MODEL_FILE).is_file():
             return folder / MODEL_FILE
-    raise LandmarkError(f"{MODEL_FILE} not found in {package / '_weights'} or {package.parent / 'weights'} "
+    raise LandmarkError(f"{MODEL_FILE} not found in {' or '.join(map(str, folders))} "
                         "(it ships with au-annotate: reinstall the package)")
 
 

@@ -25,7 +25,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from au_annotate.fileio import atomic_path, sha256_file
+from au_annotate.fileio import atomic_path, sha256_file, shipped_dirs
 from au_annotate.flow import ENCODINGS, SEED_ENCODING, SEED_FARNEBACK
 from au_annotate.model import HTNet, HTNetConfig, HTNetEnsemble
 
@@ -448,8 +448,7 @@ def user_cache_dir() -> Path:
 
 def search_dirs(cache: Path | None = None) -> tuple[Path, ...]:
     """Where registry files are looked for, in order: wheel `_weights/`, source checkout `weights/`, user cache."""
-    package = Path(__file__).resolve().parent
-    return (package / "_weights", package.parent / "weights", cache if cache is not None else user_cache_dir())
+    return (*shipped_dirs(), cache if cache is not None else user_cache_dir())
 
 
 def locate(name: str, *, cache: Path | None = None) -> Path | None:

@@ -19,7 +19,6 @@ The coder of a file: the ANNOTATOR attribute of its review tiers (ELAN: Tier > C
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from au_annotate.facs import FACSParseError, format_aus, parse
+from au_annotate.fileio import sha256_file
 from au_annotate.writers.review_schema import (
     ADDED,
     CODER_TIER,
@@ -426,7 +426,7 @@ def table_sha256(path: str | os.PathLike[str]) -> str:
     p = Path(path)
     if p.is_dir():
         p = p / REVIEWED_NAME
-    return hashlib.sha256(p.read_bytes()).hexdigest()
+    return sha256_file(p)
 
 
 def coder_au_sets(series: pd.Series) -> list[set[int]]:

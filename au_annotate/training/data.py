@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from au_annotate.facs import FACSParseError, au_name, au_number, parse
+from au_annotate.fileio import sha256_file
 from au_annotate.flow import HTNET_ENCODING, SEED_ENCODING, load_flow_png
 
 CSV_NAME = "samm.csv"
@@ -140,16 +141,12 @@ def build_labels(codes: Sequence[str], au_names: Sequence[str] | None = None, al
     return labels, tuple(au_names)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def data_identity(csv_path: Path, image_paths: Sequence[Path], subjects: Sequence[str]) -> dict:
     """What identifies the training data: a hash over the table and every image (names + bytes), counts, subjects."""
     h = hashlib.sha256()
-    h.update(f"{csv_path.name}:{_sha256(csv_path)}\n".encode())
+    h.update(f"{csv_path.name}:{sha256_file(csv_path)}\n".encode())
     for p in sorted(image_paths, key=lambda p: p.name):
-        h.update(f"{p.name}:{_sha256(p)}\n".encode())
+        h.update(f"{p.name}:{sha256_file(p)}\n".encode())
     return {
         "name": csv_path.parent.name,
         "files_sha256": h.hexdigest(),
