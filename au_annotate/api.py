@@ -24,6 +24,7 @@ from au_annotate.plan import RunPlan, plan_run, resume
 from au_annotate.progress import ProgressHook
 from au_annotate.records import RunReport, VideoResult
 from au_annotate.settings import DEFAULTS, Settings
+from au_annotate.spot import SpotConfig
 
 __all__ = ["AnnotateError", "OutputError", "annotate"]
 
@@ -112,7 +113,8 @@ def _start_manifest(plan: RunPlan) -> Manifest:
     manifest = Manifest.load(plan.out)
     sweep_temporaries(plan.out)  # litter of a killed earlier run: never trusted, only removed
     manifest.save(started=_now(), finished=None, interrupted=False, inputs=list(plan.paths),
-                  settings=plan.settings.as_dict(), model={"name": plan.model.name, "sha256": plan.model.sha256},
+                  settings=plan.settings.as_dict(), spotting=SpotConfig.from_any(plan.settings.spot).as_dict(),
+                  model={"name": plan.model.name, "sha256": plan.model.sha256},
                   environment=environment(), summary=None, elapsed_s=None)
     return manifest
 

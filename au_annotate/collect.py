@@ -19,8 +19,9 @@ from au_annotate.engines import Outcome
 from au_annotate.manifest import Manifest
 from au_annotate.plan import RunPlan
 from au_annotate.progress import ProgressHook
+from au_annotate.quality import video_warnings
 from au_annotate.records import VideoJob, VideoResult
-from au_annotate.segments import build_segments
+from au_annotate.segments import below_min_score, build_segments
 from au_annotate.work import VideoFailure, VideoWork
 from au_annotate.writers import write_video_outputs
 
@@ -73,6 +74,7 @@ class Collector:
         (self.hook.error if failure.status == "failed" else self.hook.message)(failure.error)
         res = VideoResult(job=failure.job, status=failure.status, error=failure.error,  # type: ignore[arg-type]
                           elapsed_s=failure.elapsed_s, frames=failure.frames, info=failure.info)
+        res = replace(res, warnings=video_warnings(res))
         self._finish(self._write(res) if failure.status == "no_face" else res)
 
     def flush(self) -> None:
@@ -89,11 +91,14 @@ class Collector:
             n = len(work.samples)
             segs = build_segments(work, probs[start : start + n], self.plan.model) if n else ()
             start += n
-            self._finish(self._write(VideoResult(
+            cut = below_min_score(work, self.plan.model)  # a study's cut-off: shown in the report with that reason
+            unreported = tuple(sorted(work.unreported + cut, key=lambda w: (w.onset, w.apex))) if cut else work.unreported
+            res = VideoResult(
                 job=work.job, status="done", info=work.info, segments=segs, frames=work.frames,
                 frames_with_face=work.frames_with_face, faces=work.faces, elapsed_s=work.elapsed_s,
-                signal=work.signal, unreported=work.unreported, decoded_s=work.decoded_s,
-                stage_s=work.times.as_dict(), floors=work.floors)))
+                signal=work.signal, unreported=unreported, decoded_s=work.decoded_s,
+                stage_s=work.times.as_dict(), floors=work.floors, face_frames=work.face_frames)
+            self._finish(self._write(replace(res, warnings=video_warnings(res))))
 
     def _predict(self, pictures: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
@@ -117,7 +122,6 @@ class Collector:
         self.results[res.job] = res
         key = self.keys.get(res.job) if res.status in ("done", "no_face") else None
         self.manifest.record(res, key)
-        warning = self.manifest.videos.get(res.job.rel.as_posix(), {}).get("warning")
-        if warning:
+        for warning in res.warnings:
             self.hook.message(warning)
         self.hook.end_video(res)

@@ -23,7 +23,6 @@ import numpy as np
 
 from au_annotate._version import __version__
 from au_annotate.fileio import TMP_PREFIX, atomic_open
-from au_annotate.quality import video_warning
 from au_annotate.records import Segment, VideoJob, VideoResult
 from au_annotate.settings import Settings
 
@@ -115,23 +114,14 @@ class Manifest:
             except ValueError:
                 outputs.append(str(p))
         expected = result.info.n_frames if result.info is not None else None
-        warning = None
-        if expected and result.status in ("done", "no_face") and result.frames < expected - max(1, expected // 100):
-            warning = (f"{result.job.path}: decoding stopped after {result.frames} of {expected} frames "
-                       "(damaged or truncated file); the rest is not annotated")
-        if warning is None and result.status == "done" and result.info is not None:  # quality gate: au_annotate.quality
-            gated = [w.quality for w in result.unreported if w.quality != "ok"]
-            ok = sum(1 for s in result.segments if getattr(s, "quality", "ok") == "ok")
-            main = result.floors.get("face0") or next(iter(result.floors.values()), None)
-            contexts = [getattr(s, "context", "") for s in result.segments] + [w.context for w in result.unreported]
-            spot = video_warning(result.info.fps, result.frames, result.frames_with_face, ok, gated,
-                                 main.pct_iod if main is not None else None, contexts)
-            warning = f"{result.job.path}: {spot}" if spot else None
+        warnings = list(result.warnings)
         self.videos[result.job.rel.as_posix()] = {
             "path": str(result.job.path),
             "status": result.status,
             "reason": result.error,
-            "warning": warning,
+            "warning": "; ".join(warnings) or None,  # all of them on one line (older readers)
+            "warnings": warnings,  # one line each (au_annotate.quality.video_warnings)
+            "face_frames": dict(result.face_frames),
             "frames": result.frames,
             "frames_expected": expected,
             "frames_with_face": result.frames_with_face,

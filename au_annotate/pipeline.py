@@ -14,6 +14,9 @@ batch runner for all videos (collect.py / infer.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import heapq
+import math
 import threading
 import time
 from array import array
@@ -37,6 +40,7 @@ from au_annotate.flow import picture_for
 from au_annotate.records import AlignedFace, DetectionFloor, FlowSample, VideoInfo, VideoJob, Window
 from au_annotate.settings import Settings
 from au_annotate.spot import SpotConfig, Spotter, make_spotter
+from au_annotate.strips import MAX_NEAR_MISSES, MAX_STRIPS_PER_VIDEO, make_strip
 from au_annotate.work import StageTimes, VideoFailure, VideoWork
 
 THUMB_SIZE = 96  # apex thumbnails kept per window for the HTML report (9 KB each)
@@ -55,23 +59,27 @@ class NoFaceError(RuntimeError):
         self.info = info
 
 
+_COLUMNS = {"micro": 1, "macro": 2, "floor": 3}
+
+
 class _Signals:
-    """The spotting signals of one face (the report's timeline), as rows of frame index, micro value, macro value."""
+    """The spotting signals of one face (the report's timeline), as rows of frame index, micro value, macro value and
+    detection floor (% of the eye distance)."""
 
     def __init__(self) -> None:
         self._rows = array("f")
 
     def __call__(self, detector: str, index: int, value: float) -> None:
-        """The spotter's on_signal hook: one sample of the micro or the macro detector."""
-        nan = float("nan")
-        row = (index, value, nan) if detector == "micro" else (index, nan, value)
-        self._rows.extend(float(v) for v in row)
+        """The spotter's on_signal hook: one sample of the micro or the macro detector, or of the floor."""
+        row = [float(index), math.nan, math.nan, math.nan]
+        row[_COLUMNS[detector]] = float(value)
+        self._rows.extend(row)
 
     def array(self) -> np.ndarray:
-        """(N, 3) float32 sorted by frame index (NaN where a detector took no sample)."""
+        """(N, 4) float32 sorted by frame index (NaN where a column took no sample)."""
         if not len(self._rows):
-            return np.zeros((0, 3), np.float32)
-        sig = np.frombuffer(self._rows, dtype=np.float32).reshape(-1, 3).copy()
+            return np.zeros((0, 4), np.float32)
+        sig = np.frombuffer(self._rows, dtype=np.float32).reshape(-1, 4).copy()
         return sig[np.argsort(sig[:, 0], kind="stable")]
 
 
@@ -101,7 +109,11 @@ class VideoRun:
         self.signals = _Signals()  # the report's timeline follows face0 (the largest face at first detection)
         self.tracks: dict[str, Spotter] = {}  # per face id: its own spotter (which keeps that face's recent crops)
         self.keep_blinks = SpotConfig.from_any(settings.spot).blinks == "label"  # the one default: SpotConfig's
-        self.keep_gated = str(settings.spot.get("gated", "drop")) == "label"  # windows whose quality is not "ok"
+        self.keep_gated = SpotConfig.from_any(settings.spot).gated == "label"  # windows whose quality is not "ok"
+        self.pictures = settings.report  # frame strips and previews of every window, for the HTML report (strips.py)
+        self.strips_made = 0
+        self.near: dict[str, list[tuple[float, int, int, Window]]] = {}  # per face: the strongest below-threshold peaks
+        self.face_frames: dict[str, int] = {}  # frames each face id was tracked in
         self.frames = self.with_face = self._pending_frames = 0
         self.last_pts = 0.0
         self.fps = 30.0
@@ -155,13 +167,17 @@ class VideoRun:
         self.with_face += bool(faces)
         self.last_pts = pts_s
         present = {f.face_id: f for f in faces}
+        for face_id in present:
+            self.face_frames[face_id] = self.face_frames.get(face_id, 0) + 1
         for face_id in present.keys() - self.tracks.keys():
             self._new_track(face_id)
         for face_id, spotter in self.tracks.items():
             t0 = time.perf_counter()
             windows = spotter.process_frame(index, pts_s, present.get(face_id))
             self.times.spot += time.perf_counter() - t0
-            self._emit(windows, spotter)
+            self._emit(face_id, windows, spotter)
+            if self.pictures:
+                self._near_misses(face_id, spotter)
         if len(self.tracks) > len(present):
             for face_id in [f for f in self.tracks if f not in alive]:  # forgotten by the tracker: finish and drop
                 self._flush(face_id, self.tracks.pop(face_id))
@@ -182,9 +198,31 @@ class VideoRun:
         known = self.floors.get(face_id)
         if floor is not None and (known is None or floor.steps > known.steps):  # a face id tracked twice: the longer
             self.floors[face_id] = floor
-        self._emit(windows, spotter)
+        self._emit(face_id, windows, spotter)
+        if self.pictures:
+            self._near_misses(face_id, spotter)
 
-    def _emit(self, windows: list[Window], spotter: Spotter) -> None:
+    def _pictured(self, face_id: str, w: Window, spotter: Spotter, reason: str = "", counted: bool = True) -> Window:
+        """The window with its reason and, when a report is written, its frame strip and preview (strips.py); at most
+        MAX_STRIPS_PER_VIDEO `counted` ones per video (the near misses have their own bound)."""
+        strip = None
+        if self.pictures and (not counted or self.strips_made < MAX_STRIPS_PER_VIDEO):
+            t0 = time.perf_counter()
+            strip = make_strip(w, spotter.face_at, spotter.time_at, self.frames - 1)
+            self.times.flow += time.perf_counter() - t0
+            self.strips_made += counted
+        return dataclasses.replace(w, reason=reason or w.reason, strip=strip, face_id=face_id)
+
+    def _near_misses(self, face_id: str, spotter: Spotter) -> None:
+        """Keep the strongest MAX_NEAR_MISSES below-threshold peaks of a face, pictured while the ring holds them."""
+        heap = self.near.setdefault(face_id, [])
+        for w in spotter.near_misses():
+            if len(heap) >= MAX_NEAR_MISSES and w.score <= heap[0][0]:
+                continue
+            item = (w.score, w.apex, w.onset, self._pictured(face_id, w, spotter, counted=False))  # a peak has one apex
+            heapq.heappush(heap, item) if len(heap) < MAX_NEAR_MISSES else heapq.heapreplace(heap, item)
+
+    def _emit(self, face_id: str, windows: list[Window], spotter: Spotter) -> None:
         """Closed windows -> flow samples, from the onset and apex crops still in the face spotter's ring."""
         if not windows:
             return
@@ -196,11 +234,12 @@ class VideoRun:
 
         for w in windows:
             if w.kind == "blink" and not self.keep_blinks:
-                self.unreported.append(w)  # not an expression: written only when asked (spot = {blinks = "label"})
+                self.unreported.append(self._pictured(face_id, w, spotter, "blink"))  # written only when asked (--blinks label)
                 continue
             if w.quality != "ok" and not self.keep_gated:
-                self.unreported.append(w)  # explained by head motion, occlusion, ...: spot = {gated = "label"} keeps it
+                self.unreported.append(self._pictured(face_id, w, spotter, w.quality))  # head motion, ...: --gated label keeps it
                 continue
+            w = self._pictured(face_id, w, spotter)
             pair = spotter.face_pair(w.onset, w.apex)
             if pair is None:
                 continue
@@ -230,8 +269,9 @@ class VideoRun:
         return VideoWork(job=self.job, info=info, samples=self.samples, frames=self.frames,
                          frames_with_face=self.with_face, faces=len(self.tracker.face_ids),
                          signal=self.signals.array(), times=self.times, decoded_s=self.last_pts + 1.0 / self.fps,
-                         unreported=tuple(sorted(self.unreported, key=lambda w: (w.onset, w.apex))),
-                         floors=dict(sorted(self.floors.items())))
+                         unreported=tuple(sorted(self.unreported + [w for heap in self.near.values() for *_, w in heap],
+                                                 key=lambda w: (w.onset, w.apex))),
+                         floors=dict(sorted(self.floors.items())), face_frames=dict(sorted(self.face_frames.items())))
 
 
 def process_video(

@@ -29,6 +29,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from au_annotate.records import VideoResult
 
 QUALITIES = ("ok", "occlusion", "head_motion", "tracking_lost", "lighting")
 # a video's detection floor (records.DetectionFloor) at or above this share of the eye distance gets a warning: the top
@@ -118,3 +122,48 @@ def video_warning(fps: float, frames: int, frames_with_face: int, reported: int,
         line += (f"spotting insensitive: the face's own motion puts the micro threshold at {floor_pct_iod:.1f} % of "
                  "the eye distance (smaller movements are not found)")
     return line or None
+
+
+SHORT_VIDEO_S = 2.0  # a video (or range) shorter than this is too short to judge: the spotter warms up for 1 s and a
+# window needs its onset, apex and offset after that
+BRIEF_FACE_S = 1.0  # a face tracked for less than this cannot carry a window (warm-up)
+
+
+def video_warnings(result: VideoResult) -> tuple[str, ...]:
+    """Every reason to distrust a finished video's spotting, one line each naming the file: decoding that stopped
+    early, a video too short to judge, faces found but (almost) not tracked, and video_warning's spotting notes."""
+    if result.status not in ("done", "no_face") or result.info is None:
+        return ()
+    path, info = result.job.path, result.info
+    out = []
+    expected = info.n_frames
+    if expected and result.frames < expected - max(1, expected // 100):
+        out.append(f"{path}: decoding stopped after {result.frames} of {expected} frames (damaged or truncated file; "
+                   f"{result.decoded_s:.1f} of {info.duration_s:.1f} s decoded): the rest is not annotated")
+    if result.status == "done" and result.decoded_s < SHORT_VIDEO_S:
+        out.append(f"{path}: only {result.decoded_s:.2f} s of video: too short to judge (the spotter needs about "
+                   f"{SHORT_VIDEO_S:g} s: 1 s of warm-up, then a whole window), so finding nothing says nothing")
+    fps = info.fps if info.fps > 0 else 30.0
+    with_windows = {s.face_id for s in result.segments}
+    idle = {f: n for f, n in result.face_frames.items() if f not in with_windows}
+    if result.faces > 1 and idle:
+        brief = [f"{f} ({n / fps:.1f} s)" for f, n in idle.items() if n < BRIEF_FACE_S * fps]
+        long = [f"{f} ({n / fps:.1f} s)" for f, n in idle.items() if n >= BRIEF_FACE_S * fps]
+        parts = []
+        if brief:
+            parts.append(f"{', '.join(brief)} tracked too briefly to spot (under {BRIEF_FACE_S:g} s: passers-by, a "
+                         "picture, or a detection the tracker lost)")
+        if long:
+            parts.append(f"{', '.join(long)} tracked with no window")
+        out.append(f"{path}: {result.faces} faces found; " + "; ".join(parts))
+    if result.status == "done":
+        gated = [w.quality for w in result.unreported if w.quality != "ok" and w.reason != "below_threshold"]
+        ok = sum(1 for s in result.segments if s.quality == "ok")
+        main = result.floors.get("face0") or next(iter(result.floors.values()), None)
+        contexts = [s.context for s in result.segments] + [w.context for w in result.unreported
+                                                           if w.reason != "below_threshold"]
+        spot = video_warning(info.fps, result.frames, result.frames_with_face, ok, gated,
+                             main.pct_iod if main is not None else None, contexts)
+        if spot:
+            out.append(f"{path}: {spot}")
+    return tuple(out)

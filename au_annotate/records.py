@@ -116,9 +116,30 @@ class AlignedFace:
     #                 are not pixel-aligned, so flow across an epoch change measures the jump, not the face
 
 
+@dataclass(frozen=True, eq=False)
+class WindowStrip:
+    """Pictures of one window for the HTML report (au_annotate/strips.py), JPEG-encoded so a report stays small.
+
+    strip: STRIP_TILES tiles side by side (onset, between, apex, between, offset) of the aligned face, the regions that
+    fired outlined; preview: a sprite of `preview_n` tiles from before the onset to after the offset, shown as a looping
+    animation `slow` times slower than real time (`preview_s` seconds of video)."""
+
+    strip_jpeg: bytes
+    strip_frames: tuple[int, ...]  # frame index of each strip tile
+    tile: int  # strip tile side in pixels
+    preview_jpeg: bytes
+    preview_n: int
+    preview_tile: int
+    preview_s: float  # real time the preview covers
+    slow: float  # slow-down factor of the preview
+
+
 @dataclass(frozen=True)
 class Window:
-    """A spotted candidate expression: frame indices (0-based, inclusive) and a spotting score."""
+    """A spotted candidate expression: frame indices (0-based, inclusive) and a spotting score.
+
+    score: the spotting signal at the apex as a multiple of the threshold the window was held to (1.0 = just reported:
+    the micro or macro detector's p x the region's noise level, over the sensitivity)."""
 
     onset: int
     apex: int
@@ -127,6 +148,10 @@ class Window:
     kind: WindowKind
     quality: str = "ok"  # ok | occlusion | head_motion | tracking_lost | lighting (au_annotate.quality.QUALITIES)
     context: str = ""  # what the face was doing meanwhile, "+"-joined: blink, speech, head_motion, occlusion, no_landmarks
+    regions: tuple[str, ...] = ()  # the regions of interest that fired (spot.regions.ROI_NAMES), for the report
+    reason: str = ""  # why the outputs leave it out ("" = reported): blink, a quality, below_threshold, below_min_score
+    face_id: str = ""  # the face track it belongs to (set by the pipeline: a spotter follows one face)
+    strip: WindowStrip | None = field(default=None, compare=False)  # report pictures (only when a report is written)
 
     def __post_init__(self) -> None:
         if not (self.onset <= self.apex <= self.offset):
@@ -193,6 +218,8 @@ class Segment:
     apex_crop: np.ndarray | None = None  # small grayscale aligned face at the apex, kept for reports
     quality: str = "ok"  # the window's quality gate (au_annotate.quality): only "ok" segments are counted
     context: str = ""  # the face state around the window (au_annotate.facestate): blink, speech, head_motion, ...
+    strip: WindowStrip | None = None  # frame strip and preview for the report (records.WindowStrip), when made
+    regions: tuple[str, ...] = ()  # the regions of interest that fired
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,11 +239,13 @@ class VideoResult:
     # optional spotting signals, for reports: (N, 3) float32 of frame index, micro signal, macro signal (NaN where that
     # detector took no sample at that frame); older (N, 2) arrays (frame index, micro signal) are still accepted
     signal: np.ndarray | None = None
-    # windows the spotter found but the outputs do not report (blinks), so a report can label those peaks
+    # windows the spotter found but the outputs do not report (Window.reason says why), so a report can show them
     unreported: tuple[Window, ...] = ()
     decoded_s: float = 0.0  # seconds of video actually decoded (less than info.duration_s for a truncated file)
     stage_s: dict[str, float] | None = None  # CPU pipeline seconds per stage (decode wait, face, spot, flow)
     floors: dict[str, DetectionFloor] = field(default_factory=dict)  # per face id (DetectionFloor); {} if unknown
+    face_frames: dict[str, int] = field(default_factory=dict)  # frames each face id was tracked in
+    warnings: tuple[str, ...] = ()  # why this video's spotting is not to be trusted (au_annotate.quality), one line each
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from au_annotate.aus import AUDecoder, active_aus, emotion_softmax
-from au_annotate.records import Segment
+from au_annotate.records import Segment, Window
 from au_annotate.settings import Settings
 from au_annotate.work import VideoWork
 
@@ -97,6 +97,15 @@ def build_segments(work: VideoWork, probs: np.ndarray, model: ModelBundle) -> tu
             duration_s=round(max(0.0, s.offset_s - s.onset_s), 6), score=float(w.score),
             au_names=model.decoder.au_names, probs=p[i], present=present[i], aus=code, emotion=emotion, rule=rule,
             emotion_model=e_name, emotion_model_p=round(e_p, 6), uncalibrated=model.decoder.uncalibrated,
-            flow_image=s.image, apex_crop=s.apex_thumb, quality=w.quality, context=w.context,
+            flow_image=s.image, apex_crop=s.apex_thumb, quality=w.quality, context=w.context, strip=w.strip,
+            regions=w.regions,
         ))
     return tuple(out)
+
+
+def below_min_score(work: VideoWork, model: ModelBundle) -> tuple[Window, ...]:
+    """The windows a study's calibrated cut-off (settings.min_score) leaves out, with reason "below_min_score"."""
+    if model.min_score is None:
+        return ()
+    return tuple(replace(s.window, reason="below_min_score") for s in work.samples
+                 if s.window.score < min_score_for(model.min_score, s.window.kind))

@@ -28,6 +28,7 @@ import torch
 from au_annotate.fileio import atomic_path, sha256_file, shipped_dirs
 from au_annotate.flow import ENCODINGS, SEED_ENCODING, SEED_FARNEBACK
 from au_annotate.model import HTNet, HTNetConfig, HTNetEnsemble
+from au_annotate.settings import DEFAULT_WEIGHTS  # the LODO winner (weights/MODEL_CARD.htnet-megc.md)
 
 FORMAT = "au-annotate-htnet"
 FORMAT_VERSION = 1
@@ -38,7 +39,6 @@ SEED25_AU_ORDER: tuple[str, ...] = (
 )  # fmt: skip
 AU_ORDERS: dict[str, tuple[str, ...]] = {"seed25": SEED25_AU_ORDER}
 
-DEFAULT_WEIGHTS = "htnet-megc"  # the LODO winner (weights/MODEL_CARD.htnet-megc.md); "htnet-samm" stays selectable
 SAMM_WEIGHTS = "htnet-samm"
 
 # What the seed data and our pipeline feed the model (flow.py's docstring); stored in every checkpoint we write.

@@ -38,13 +38,15 @@ class VideoWork:
     frames: int
     frames_with_face: int
     faces: int
-    # (N, 3) float32: frame index, micro signal, macro signal (NaN where that detector took no sample)
+    # (N, 4) float32: frame index, micro signal, macro signal, detection floor in % of the eye distance (NaN where
+    # that column took no sample)
     signal: np.ndarray
     times: StageTimes = field(default_factory=StageTimes)
     elapsed_s: float = 0.0
     decoded_s: float = 0.0  # seconds of video actually decoded (last frame's time + one frame)
-    unreported: tuple[Window, ...] = ()  # windows found but not reported (blinks, unless asked to keep them)
+    unreported: tuple[Window, ...] = ()  # windows found but not reported (Window.reason says why)
     floors: dict[str, DetectionFloor] = field(default_factory=dict)  # per face id: its micro detector's floor
+    face_frames: dict[str, int] = field(default_factory=dict)  # frames each face id was tracked in
 
 
 @dataclass

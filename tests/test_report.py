@@ -158,12 +158,12 @@ def test_bars_keep_every_present_au_and_cap_the_rest() -> None:
 
 
 def test_bad_signal_gives_plot_error_not_a_crash(run: RunReport, tmp_path: Path) -> None:
-    bad = dataclasses.replace(run.results[0], signal=np.zeros((10, 4)))
+    bad = dataclasses.replace(run.results[0], signal=np.zeros((10, 5)))
     run = dataclasses.replace(run, results=(bad, *run.results[1:]))
     page = write_report(run, tmp_path / "r.html", CTX).read_text(encoding="utf-8")
     errors = [a for t, a in _tags(page) if "plot-error" in _classes(a)]
     assert len(errors) == 1
-    assert "signal must be an (N, 2) or (N, 3) array" in page
+    assert "signal must be an (N, 2), (N, 3) or (N, 4) array" in page
     assert len([a for t, a in _tags(page) if t == "tr" and "segment" in _classes(a)]) == 8
 
 
@@ -212,7 +212,7 @@ def test_timeline_draws_the_macro_signal_with_nans_skipped(tmp_path: Path) -> No
 
 def test_timeline_accepts_the_older_two_column_signal(run: RunReport) -> None:
     fig = _timeline(run.results[0])  # (N, 2): frame index, micro signal
-    labels = [ln.get_label() for ax in fig.axes for ln in ax.get_lines()]
+    labels = [ln.get_label() for ax in fig.axes for ln in ax.get_lines() if not ln.get_label().startswith("_")]
     assert labels == ["micro signal"] and "macro signal" not in _texts(fig)
 
 
@@ -226,7 +226,7 @@ def test_timeline_labels_unreported_blinks(tmp_path: Path) -> None:
     assert (x0, x1) == pytest.approx((blink.onset / 30, (blink.offset + 1) / 30))
     assert "blink (not reported)" in _texts(fig)
     page = render_report(RunReport(results=(res,), out_dir=tmp_path), CTX)
-    assert "not in the outputs (grey hatched on the timeline): 1 blink" in page
+    assert "not in the outputs (grey hatched on the timeline; table below): 1 blink" in page
     plain = _timeline(dataclasses.replace(res, unreported=()))
     assert "blink (not reported)" not in _texts(plain)
 

@@ -120,10 +120,13 @@ def test_signal_hook_reports_every_sample_of_both_detectors() -> None:
     events = [PlantedEvent("lip_corner_pull", 2.0, 2.6, 3.2, 2.0, kind="macro"),
               PlantedEvent("brow_raise", 4.2, 4.35, 4.55, 2.0)]
     windows, sp, signal = run(30.0, 5.2, events, noise_sigma=2.0, seed=3)
-    by: dict[str, dict[int, float]] = {"micro": {}, "macro": {}}
+    by: dict[str, dict[int, float]] = {"micro": {}, "macro": {}, "floor": {}}
     for detector, index, value in signal:
         assert index not in by[detector]  # each sample once
         by[detector][index] = value
+    floor = by.pop("floor")  # the detection floor over time (% of the eye distance), about twice a second
+    assert len(floor) >= 6 and all(0 < v < 100 for v in floor.values()), floor
+    assert all(b - a >= 15 for a, b in zip(list(floor), list(floor)[1:], strict=False)), floor
     stride = {d.name: d.stride for d in sp.detectors}
     assert stride == {"micro": 1, "macro": 6}  # 30 fps: micro on every frame, macro at 5 Hz
     for name, samples in by.items():
@@ -131,6 +134,26 @@ def test_signal_hook_reports_every_sample_of_both_detectors() -> None:
     assert {w.kind for w in windows} == {"micro", "macro"}, windows
     for w in windows:
         assert w.score == round(by["macro" if w.kind == "macro" else "micro"][w.apex], 4) > 1.0, w
+
+
+def test_sensitivity_divides_the_threshold_and_scales_the_score() -> None:
+    """--sensitivity 2 halves every threshold: the same movement scores twice as high (the score is a multiple of the
+    threshold actually applied, 1.0 = just reported), and a movement too small at 1 is reported at 2."""
+    events = [PlantedEvent("brow_raise", 2.2, 2.35, 2.55, 2.0)]
+    one, _, _ = run(30.0, 4.0, events, noise_sigma=2.0, seed=3)
+    two, _, _ = run(30.0, 4.0, events, noise_sigma=2.0, seed=3, config={"sensitivity": 2.0})
+    (a,) = [w for w in one if w.kind == "micro"]
+    b = next(w for w in two if w.apex == a.apex)
+    assert b.score == pytest.approx(2 * a.score, rel=0.02)
+    weak = [PlantedEvent("brow_raise", 2.2, 2.35, 2.55, 2.0 * 0.75 / a.score)]  # about 0.75 of the threshold at 1
+
+    def found(config: dict | None) -> list[Window]:
+        return [w for w in run(30.0, 4.0, weak, noise_sigma=2.0, seed=3, config=config)[0]
+                if w.kind == "micro" and abs(w.apex - a.apex) <= 3]
+
+    assert not found(None)
+    (w,) = found({"sensitivity": 2.0})
+    assert 1.0 <= w.score < 2.0, w
 
 
 def test_variable_frame_rate_windows_follow_the_timestamps() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 import pandas as pd
@@ -272,12 +274,13 @@ def test_eaf_round_trip_matches_csv(result: VideoResult) -> None:
     assert eaf_path.read_text(encoding="utf-8").startswith('<?xml version="1.0" encoding="UTF-8"?>')
     eaf = pympi.Elan.Eaf(str(eaf_path))
 
-    # media descriptor: relative path from the .eaf to the video (unicode, '#', ',' and spaces kept), MIME type
+    # media descriptor: URLs percent-encoded (unicode, '#', ',' and spaces), decoding back to the video; MIME type
     (media,) = eaf.get_linked_files()
     assert media["MIME_TYPE"] == "video/mp4"
-    assert media["RELATIVE_MEDIA_URL"] == "../../données vidéo/entrevista #3, 表情.mp4"
-    assert (eaf_path.parent / media["RELATIVE_MEDIA_URL"]).resolve() == result.job.path.resolve()
-    assert media["MEDIA_URL"] == "file://" + result.job.path.resolve().as_posix()
+    assert media["RELATIVE_MEDIA_URL"] == "../../donn%C3%A9es%20vid%C3%A9o/entrevista%20%233%2C%20%E8%A1%A8%E6%83%85.mp4"
+    assert (eaf_path.parent / unquote(media["RELATIVE_MEDIA_URL"])).resolve() == result.job.path.resolve()
+    assert media["MEDIA_URL"] == result.job.path.resolve().as_uri()  # the standard library's file URL, same bytes
+    assert url2pathname(urlparse(media["MEDIA_URL"]).path) == str(result.job.path.resolve())
     props = dict(eaf.get_properties())
     assert props["au-annotate:tool_version"] == "9.8.7"
     assert props["au-annotate:model_sha256"] == "ab" * 32
@@ -338,7 +341,7 @@ def test_eaf_without_au_tiers_and_several_faces(tmp_path: Path) -> None:
         "AUs (coder) face1",
     }
     assert eaf.get_linked_files()[0]["MIME_TYPE"] == "video/quicktime"
-    assert eaf.get_linked_files()[0]["RELATIVE_MEDIA_URL"] == "./two faces.mov"
+    assert eaf.get_linked_files()[0]["RELATIVE_MEDIA_URL"] == "./two%20faces.mov"
     assert eaf.get_parameters_for_tier("AUs face1")["PARTICIPANT"] == "face1"
     assert eaf.get_annotation_data_for_tier("AUs face1") == [(400, 600, "7")]
 

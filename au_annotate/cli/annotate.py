@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from au_annotate.settings import SettingsError, build_settings
+from au_annotate.settings import DEFAULT_WEIGHTS, SettingsError, build_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -49,7 +49,7 @@ def _formats(value: str | None) -> tuple[str, ...] | None:
 @click.option("--format", "formats", help="Comma-separated output formats: csv, eaf, json, textgrid, or all. [csv,eaf]")
 @click.option("--au-tiers/--no-au-tiers", default=None, help="One ELAN tier per AU.")
 @click.option("--report/--no-report", default=None, help="Write report.html for the run.")
-@click.option("--weights", help="Checkpoint: registry name or path. [the shipped htnet-samm]")
+@click.option("--weights", help=f"Checkpoint: registry name or path (`au-annotate weights list`). [{DEFAULT_WEIGHTS}]")
 @click.option("--au-order", help="AU order of a plain state dict, e.g. seed25 for the seed's checkpoint.")
 @click.option("--all-aus", is_flag=True, default=None, help="Report every AU, not only those marked reliable.")
 @click.option("--rules", type=click.Path(path_type=Path), help="FACS emotion rule file (TOML). [shipped EMFACS rules]")
@@ -59,6 +59,15 @@ def _formats(value: str | None) -> tuple[str, ...] | None:
 @click.option("--input-layout", type=click.Choice(["auto", "face", "mosaic"]),
               help="Model input: whole-face flow (seed) or the official HTNet 4-patch mosaic; auto = what the "
                    "checkpoint was trained on. [auto]")
+@click.option("--sensitivity", type=click.FloatRange(min=0, min_open=True),
+              help="Spotting sensitivity: divides the thresholds (2 = movements half as large are reported; the "
+                   "score stays a multiple of the threshold applied). Config: spot.sensitivity. [1.0]")
+@click.option("--blinks", type=click.Choice(["report", "label", "keep", "drop"]),
+              help="Blinks: report = shown in the HTML report only; label = also written (kind blink); keep = not "
+                   "told apart; drop = discarded. Config: spot.blinks. [report]")
+@click.option("--gated", type=click.Choice(["drop", "label"]),
+              help="Windows explained by head motion, occlusion, lost tracking or lighting: drop = HTML report only "
+                   "(with the reason); label = also written, with that quality. Config: spot.gated. [drop]")
 @click.option("--faces", help="Which faces to annotate: all, largest, or N (the N largest). [all]")
 @click.option("-j", "--jobs", type=click.IntRange(0), help="Worker processes for videos; 0 = auto (one per two cores). [0]")
 @click.option("--engine", type=click.Choice(["local", "ray"]), help="Where per-video work runs. [local]")
@@ -83,13 +92,19 @@ def annotate(inputs: tuple[Path, ...], out_dir: Path, config_file: Path | None, 
     from au_annotate.api import AnnotateError, OutputError
     from au_annotate.api import annotate as run_annotate
     from au_annotate.discover import DiscoverError
+    from au_annotate.spot import SpotConfig, SpotError
     from au_annotate.ui import LogProgress, RichProgress, print_summary
 
     t_start = time.monotonic()
     err = Console(stderr=True, highlight=False)
+    spot = {k: options.pop(k) for k in ("sensitivity", "blinks", "gated")}
     try:
         settings = build_settings(config_file, formats=_formats(formats), **options)
-    except SettingsError as e:
+        given = {k: v for k, v in spot.items() if v is not None}
+        if given:  # over the config file's [spot] table, key by key
+            settings = settings.replace(spot={**settings.spot, **given})
+        SpotConfig.from_any(settings.spot)
+    except (SettingsError, SpotError) as e:
         err.print(f"[red]Error:[/] {e}", soft_wrap=True)
         sys.exit(EXIT_USAGE)
     if settings.verbose:

@@ -110,13 +110,13 @@ def weights() -> None:
               help="User cache to look in (default: $AU_ANNOTATE_CACHE or ~/.cache/au-annotate).")
 def weights_list(cache_dir: Path | None) -> None:
     """Registry checkpoints: name, local presence, checksum state (with the pinned sha256 prefix), path, description."""
-    from au_annotate.weights import list_weights
+    from au_annotate.weights import DEFAULT_WEIGHTS, list_weights
 
     rows = list_weights(cache=cache_dir)
     table = [("name", "local", "sha256", "path", "description")]
     for row in rows:
         table.append((
-            row.entry.name,
+            row.entry.name + (" (default)" if row.entry.name == DEFAULT_WEIGHTS else ""),
             "yes" if row.path is not None else "no",
             row.checksum if row.entry.sha256 is None else f"{row.checksum} (pinned {row.entry.sha256[:12]})",
             str(row.path) if row.path is not None else "-",

@@ -36,6 +36,8 @@ class SpotConfig:
     p: float = 4.0  # threshold: score > p * noise level of the region (micro detector)
     macro_p: float = 6.0  # same for the macro detector
     min_motion_px: float = 0.1  # floor of the threshold, in pixels of a 224-px crop (noise-free video)
+    sensitivity: float = 1.0  # divides both thresholds and the floor (2: windows of half the motion are reported; the
+    # score stays a multiple of the threshold actually applied, so 1.0 is always "just reported")
     history_s: float = 30.0  # sliding history for the noise level
     warmup_s: float = 1.0  # history needed before the first decision (early decisions wait for it)
     min_gap_s: float | None = None  # peaks closer than this merge (default: 2 k_s)
@@ -72,6 +74,10 @@ class SpotConfig:
         cfg.validate()
         return cfg
 
+    def as_dict(self) -> dict[str, Any]:
+        """Every option with its value in effect (the manifest's `spotting` field)."""
+        return dataclasses.asdict(self)
+
     def validate(self) -> None:
         """Raise SpotError on values that cannot work."""
         if self.dis_preset not in DIS_PRESETS:
@@ -88,7 +94,7 @@ class SpotConfig:
             raise SpotError(f"context_s must be >= 0, got {self.context_s}")
         if self.flow_size < 32:
             raise SpotError(f"flow_size must be >= 32, got {self.flow_size}")
-        for name in ("k_s", "max_micro_s", "max_window_s", "history_s", "p", "macro_p"):
+        for name in ("k_s", "max_micro_s", "max_window_s", "history_s", "p", "macro_p", "sensitivity"):
             if getattr(self, name) <= 0:
                 raise SpotError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.top_fraction <= 1 or not 0 < self.extent_fraction < 1:

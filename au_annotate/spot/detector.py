@@ -150,6 +150,7 @@ class _Detector:
         self.pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None, bool]] = []
         self.thresholds = _LevelRecord(len(ROIS))  # every scored step's per-region threshold: the detection floor
         self._recorded: np.ndarray | None = None  # the noise level whose threshold `thresholds` holds last
+        self.last_threshold: np.ndarray | None = None  # the latest step's per-region threshold (the floor over time)
         self.next_c = 0  # next step whose transient score waits for its partner
         self.run: _Candidate | None = None
         self.candidates: list[_Candidate] = []  # closed peaks waiting to be settled, in apex order
@@ -271,6 +272,8 @@ class _Detector:
         for c, raw, vec, local, scored in self.pending:
             scores = raw / base  # the shape of the event (blink test, active regions) on the long level
             value = float(scores.max() if local is None else (raw / np.maximum(base, self.p * local)).max())
+            if scored:
+                self.last_threshold = base if local is None else np.maximum(base, self.p * local)
             if scored and local is None:  # the threshold this step was held to, for the detection floor
                 self.thresholds.add(base, same=level is self._recorded)  # same cached level: the same threshold
                 self._recorded = level

@@ -39,6 +39,21 @@ EYE_ROIS = (ROI_NAMES.index("eye_l"), ROI_NAMES.index("eye_r"))
 EYE_AREA_ROIS = EYE_ROIS + (ROI_NAMES.index("lid_l"), ROI_NAMES.index("lid_r"))
 
 
+def roi_boxes(lm: np.ndarray, n: int) -> list[tuple[int, int, int, int]]:
+    """Each region's box (y0, y1, x0, x1), ROIS order, in a crop of side n whose 5 landmarks are `lm` (crop pixels)."""
+    iod = max(4.0, float(np.linalg.norm(lm[1] - lm[0])))
+    mc = (lm[3] + lm[4]) / 2
+    boxes = []
+    for _, anchor, (ox, oy), (hx, hy) in ROIS:
+        base = mc if anchor == "mc" else lm[anchor]
+        cx, cy = base[0] + ox * iod, base[1] + oy * iod
+        rx, ry = max(2.0, hx * iod), max(2.0, hy * iod)
+        x0, x1 = int(np.clip(cx - rx, 0, n - 2)), int(np.clip(cx + rx + 1, 2, n))
+        y0, y1 = int(np.clip(cy - ry, 0, n - 2)), int(np.clip(cy + ry + 1, 2, n))
+        boxes.append((y0, max(y1, y0 + 2), x0, max(x1, x0 + 2)))
+    return boxes
+
+
 class RegionMotion:
     """Region motion between crops for one spotter: its DIS instance and the per-landmark-set geometry cache."""
 
@@ -59,15 +74,7 @@ class RegionMotion:
             return hit
         n = self.config.flow_size
         iod = max(4.0, float(np.linalg.norm(lm[1] - lm[0])))
-        mc = (lm[3] + lm[4]) / 2
-        boxes = []
-        for _, anchor, (ox, oy), (hx, hy) in ROIS:
-            base = mc if anchor == "mc" else lm[anchor]
-            cx, cy = base[0] + ox * iod, base[1] + oy * iod
-            rx, ry = max(2.0, hx * iod), max(2.0, hy * iod)
-            x0, x1 = int(np.clip(cx - rx, 0, n - 2)), int(np.clip(cx + rx + 1, 2, n))
-            y0, y1 = int(np.clip(cy - ry, 0, n - 2)), int(np.clip(cy + ry + 1, 2, n))
-            boxes.append((y0, max(y1, y0 + 2), x0, max(x1, x0 + 2)))
+        boxes = roi_boxes(lm, n)
         # all ROI pixels in one padded (R, Nmax) table of flat indices, so per-region statistics are vectorised
         sizes = [(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in boxes]
         nmax = max(sizes)

@@ -20,7 +20,9 @@ from au_annotate.spot.judge import WindowJudge
 from au_annotate.spot.regions import REF_SIZE, ROI_NAMES, RegionMotion
 from au_annotate.spot.windows import WindowBuilder
 
-SignalHook = Callable[[str, int, float], None]  # on_signal(detector "micro" | "macro", frame index, signal value)
+SignalHook = Callable[[str, int, float], None]  # on_signal("micro" | "macro" | "floor", frame index, value)
+NEAR_MISS = 0.6  # a micro peak that reaches this share of its threshold but not 1.0 is kept aside as below_threshold
+FLOOR_EVERY_S = 0.5  # the detection floor is sampled for the report's strip this often
 
 
 class Spotter(Protocol):
@@ -37,6 +39,10 @@ class Spotter(Protocol):
     def face_pair(self, onset: int, apex: int) -> tuple[AlignedFace, AlignedFace] | None: ...
 
     def time_at(self, index: int) -> float | None: ...
+
+    def face_at(self, index: int) -> AlignedFace | None: ...
+
+    def near_misses(self) -> list[Window]: ...
 
 
 class RoiFlowSpotter:
@@ -66,8 +72,10 @@ class RoiFlowSpotter:
         self.detectors: list[_Detector] = []
         delay = 0
         warmup_frames = frames(cfg.warmup_s)
-        for name, k_s, rate, p, radius in (("micro", cfg.k_s, cfg.micro_rate, cfg.p, self.micro_radius),
-                                           ("macro", cfg.macro_k_s, cfg.macro_rate, cfg.macro_p, self.macro_radius)):
+        sens = cfg.sensitivity  # the thresholds actually applied: every score is a multiple of these (1.0 = reported)
+        for name, k_s, rate, p, radius in (("micro", cfg.k_s, cfg.micro_rate, cfg.p / sens, self.micro_radius),
+                                           ("macro", cfg.macro_k_s, cfg.macro_rate, cfg.macro_p / sens,
+                                            self.macro_radius)):
             if k_s <= 0:
                 continue
             stride = max(1, int(self.fps // rate)) if rate > 0 else 1  # sample the signal at about `rate` per second
@@ -80,7 +88,7 @@ class RoiFlowSpotter:
             half = int(round(cfg.smooth_s / step_s / 2))
             det_gap = max(gap, 2 * k * stride) if name == "macro" else gap
             ctx = steps(cfg.context_s) if cfg.context_s > 0 else 0
-            det = _Detector(name, stride, k, half, p, cfg.min_motion_px, steps(cfg.history_s), steps(0.25),
+            det = _Detector(name, stride, k, half, p, cfg.min_motion_px / sens, steps(cfg.history_s), steps(0.25),
                             steps(cfg.warmup_s), det_gap, radius, step_s, ctx)
             self.detectors.append(det)
             # a score waits for its partner (up to 2 k steps) and for its local context after it
@@ -103,6 +111,10 @@ class RoiFlowSpotter:
         self._emitted: list[Window] = []  # recent windows, to resolve micro/macro overlaps (bounded below)
         self._iods = _LevelRecord(1, 4.0, 1e3)  # inter-ocular distance of every face frame, px of a 224-px crop
         self._iod_last = -1.0
+        self._floor_every = frames(FLOOR_EVERY_S)
+        self._floor_next = 0
+        self._near_run: list[float] | None = None  # open sub-threshold micro run: [apex frame, value, reached 1.0]
+        self._near: list[Window] = []  # closed sub-threshold peaks, handed out with the next windows
         # the face state around candidate windows (au_annotate.facestate): dense landmarks on demand, cached per frame
         self.states: FaceStateCache | None = None
         if cfg.landmarks == "on":
@@ -167,6 +179,7 @@ class RoiFlowSpotter:
         for det in self.detectors:
             # frames after the last one have no k-forward motion; score what can be scored
             self._signal(det, det.flush_pending())
+        self._near_miss(self._newest, 0.0)  # close an open sub-threshold run
         return self._collect(final=True)
 
     def detection_floor(self) -> DetectionFloor | None:
@@ -204,11 +217,50 @@ class RoiFlowSpotter:
         """The timestamp (s) of a recent frame, None when the ring no longer (or never) held it."""
         return self.times.get(index)
 
+    def face_at(self, index: int) -> AlignedFace | None:
+        """The aligned face of a recent frame, None when the ring no longer holds it or the frame had no face."""
+        item = self.crops.get(index)
+        return None if item is None else item[3]
+
     def _signal(self, det: _Detector, items: list[tuple[int, float]]) -> None:
-        """Report each decided sample to `on_signal(detector, frame, value)`: the value its threshold applies to."""
-        if self.on_signal is not None:
+        """Report each decided sample to `on_signal(detector, frame, value)`: the value its threshold applies to (so
+        1.0 is the threshold), and about twice a second the micro detector's current floor (`"floor"`, % of the IOD)."""
+        if det.name == "micro":
             for index, value in items:
-                self.on_signal(det.name, index, value)
+                self._near_miss(index, value)
+        if self.on_signal is None:
+            return
+        for index, value in items:
+            self.on_signal(det.name, index, value)
+        if det.name == "micro" and items and items[-1][0] >= self._floor_next and det.last_threshold is not None:
+            iod = float(self._iods.medians()[0]) if self._iods.total else math.nan
+            if math.isfinite(iod) and iod > 0:
+                self._floor_next = items[-1][0] + self._floor_every
+                self.on_signal("floor", items[-1][0], 100.0 * float(np.median(det.last_threshold)) / iod)
+
+    def near_misses(self) -> list[Window]:
+        """The sub-threshold micro peaks closed since the last call (Window.reason "below_threshold"; never among the
+        windows process_frame returns): for the report, while their faces are still in the ring."""
+        out, self._near = self._near, []
+        return out
+
+    def _near_miss(self, index: int, value: float) -> None:
+        """Track micro peaks between NEAR_MISS and 1.0 of the threshold (never reported: the report shows them as
+        below_threshold, so a coder sees what the spotter almost took)."""
+        run = self._near_run
+        if value >= NEAR_MISS:
+            if run is None:
+                self._near_run = [float(index), value, float(value >= 1.0)]
+            else:
+                if value > run[1]:
+                    run[0], run[1] = float(index), value
+                run[2] = max(run[2], float(value >= 1.0))
+            return
+        if run is not None and not run[2]:  # closed without reaching the threshold
+            apex = int(run[0])
+            self._near.append(Window(onset=max(0, apex - self.k), apex=apex, offset=apex + self.k,
+                                     score=round(run[1], 4), kind="micro", reason="below_threshold"))
+        self._near_run = None
 
     def _collect(self, final: bool) -> list[Window]:
         out: list[Window] = []
@@ -285,7 +337,7 @@ class RoiFlowSpotter:
         elif quality == "ok" and rigid_head:  # no head pose from the landmarks: the rigid-fit head test decides
             quality = "head_motion"
         return Window(onset=onset, apex=cand.apex, offset=offset, score=round(float(cand.value), 4), kind=kind,
-                      quality=quality, context="+".join(tags))
+                      quality=quality, context="+".join(tags), regions=tuple(ROI_NAMES[i] for i in active))
 
 
 SPOTTERS: dict[str, Callable[..., Spotter]] = {"roi-flow": RoiFlowSpotter}

@@ -1,8 +1,9 @@
 """ELAN `.eaf` output via pympi-ling, linked to the video so it opens next to it in ELAN.
 
 - Media descriptor: MEDIA_URL = `file://` + the absolute path, RELATIVE_MEDIA_URL = the path from the .eaf's folder to
-  the video (`./clip.mp4`, `../videos/clip.mp4`), both written unescaped as ELAN itself does, with the MIME type from
-  the extension (`video/mp4`, `video/quicktime`, ...; `video/*` when unknown).
+  the video (`./clip.mp4`, `../videos/clip.mp4`), both percent-encoded as URLs must be (`entrevista%20%233.mp4`: a
+  space, `#` or non-ASCII letter written raw makes an invalid URL that media players and URL parsers misread), with the
+  MIME type from the extension (`video/mp4`, `video/quicktime`, ...; `video/*` when unknown).
 - Tiers (see au_annotate/writers/tiers.py for the overlap and zero-length rules): `segments` (value `micro 0.83`),
   `AUs` (the active code `4+7`, only where some AU is active), `emotion` (the FACS-rule emotion, only where a rule
   fired), `emotion_model` (the model's 3-class emotion with its probability, `negative 0.81`, when the checkpoint has
@@ -22,6 +23,7 @@ from __future__ import annotations
 import mimetypes
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import pympi
 
@@ -61,14 +63,14 @@ def mime_type(path: Path) -> str:
 
 
 def media_urls(video: Path, eaf_path: Path) -> tuple[str, str]:
-    """(absolute file URL, relative URL from the .eaf's folder) for a video, unescaped like ELAN writes them."""
+    """(absolute file URL, relative URL from the .eaf's folder) for a video, percent-encoded (RFC 3986; UTF-8)."""
     absolute = Path(os.path.abspath(video))
     posix = absolute.as_posix()
-    url = "file://" + (posix if posix.startswith("/") else "/" + posix)
+    url = "file://" + quote(posix if posix.startswith("/") else "/" + posix, safe="/:")
     rel = Path(os.path.relpath(absolute, Path(os.path.abspath(eaf_path)).parent)).as_posix()
     if not rel.startswith("../"):
         rel = "./" + rel
-    return url, rel
+    return url, quote(rel, safe="/")
 
 
 def _add_cv_type(eaf: pympi.Elan.Eaf, lingtype: str, cv_id: str, entries: list[tuple[str, str]]) -> None:

@@ -42,7 +42,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from au_annotate.fileio import atomic_open
-from au_annotate.records import RunReport, Segment, VideoResult
+from au_annotate.quality import INSENSITIVE_PCT_IOD
+from au_annotate.records import RunReport, Segment, VideoResult, Window, WindowStrip
 from au_annotate.writers.base import TOOL_NAME, WriteContext, au_names_of, jsonable, utc_now
 from au_annotate.writers.tiers import au_description
 
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 KIND_COLORS = {"micro": "#d62728", "macro": "#1f77b4", "blink": "#7f7f7f"}
 OTHER_COLOR = "#2ca02c"  # windows of any other kind
 UNREPORTED_COLOR = "#6f6f6f"  # windows the outputs leave out (blinks): grey, hatched
+FLOOR_COLOR = "#6a3d9a"
+FLOOR_PX = 120  # height of the detection-floor strip
 MICRO_SIGNAL_COLOR = "#8b1a1a"  # each signal in a darker shade of the colour of the windows it found
 MACRO_SIGNAL_COLOR = "#14507a"
 PLOT_DPI = 100
@@ -87,28 +90,41 @@ img.flow,img.crop{image-rendering:pixelated;border:1px solid #ccc}img.plot{max-w
 .plot-error{color:#a00;border:1px solid #a00;padding:4px 8px}
 .failed td{background:#fff4f4}section.video{margin-top:2em}details pre{white-space:pre-wrap;font-size:.85em}
 nav a{margin-right:.8em}
+.frames{display:flex;gap:8px;align-items:flex-start}.frames figure{margin:0}.caps{display:flex;font-size:.75em;color:#555}
+.caps span{text-align:center}div.preview{background-repeat:no-repeat;background-position:0 0;border:1px solid #ccc;
+animation-name:pv;animation-iteration-count:infinite}@keyframes pv{to{background-position:var(--end) 0}}
+.preview figcaption{font-size:.75em;color:#555}.scroll{overflow-x:auto}ul.warnings li{color:#8a5a00}
 """
 
 SCRIPT = """
 document.querySelectorAll('table.sortable').forEach(function (t) {
   t.querySelectorAll('th').forEach(function (th, i) {
     th.addEventListener('click', function () {
-      var body = t.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      var body = t.tBodies[0], rows = Array.prototype.slice.call(body.rows).filter(function (r) {
+        return !r.classList.contains('pair');  // a row's pictures row moves with it
+      });
+      rows.forEach(function (r) {
+        var n = r.nextElementSibling; r._pair = n && n.classList.contains('pair') ? n : null;
+      });
       var dir = th.dataset.dir === 'asc' ? -1 : 1; th.dataset.dir = dir === 1 ? 'asc' : 'desc';
       rows.sort(function (a, b) {
         var x = a.cells[i].dataset.v || a.cells[i].textContent, y = b.cells[i].dataset.v || b.cells[i].textContent;
         var nx = parseFloat(x), ny = parseFloat(y);
         return dir * ((!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y));
       });
-      rows.forEach(function (r) { body.appendChild(r); });
+      rows.forEach(function (r) { body.appendChild(r); if (r._pair) { body.appendChild(r._pair); } });
     });
   });
 });
 window.addEventListener('load', function () {
   // the pixel size each plot is shown at next to its own: a plot shrunk by the browser has shrunk text
-  document.querySelectorAll('img.plot').forEach(function (im) {
+  document.querySelectorAll('img.plot, img.strip').forEach(function (im) {
     im.dataset.shownWidth = String(Math.round(im.getBoundingClientRect().width));
     im.dataset.naturalWidth = String(im.naturalWidth);
+  });
+  // each preview's running animation (name and duration), for the browser test
+  document.querySelectorAll('div.preview').forEach(function (el) {
+    var cs = getComputedStyle(el); el.dataset.animation = cs.animationName + ' ' + cs.animationDuration;
   });
   document.body.dataset.ready = '1';
 });
@@ -200,10 +216,42 @@ def timeline_layout(span: float, per_s: float = 1.0) -> tuple[float, int, int]:
 def _signal_columns(signal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Frame index, micro signal and macro signal (None for an older (N, 2) array) of a result's `signal`."""
     sig = np.asarray(signal, dtype=np.float64)
-    if sig.ndim != 2 or sig.shape[1] not in (2, 3):
-        raise ValueError("signal must be an (N, 2) or (N, 3) array of frame index, micro signal[, macro signal]; "
-                         f"got shape {sig.shape}")  # fmt: skip
-    return sig[:, 0], sig[:, 1], (sig[:, 2] if sig.shape[1] == 3 else None)
+    if sig.ndim != 2 or sig.shape[1] not in (2, 3, 4):
+        raise ValueError("signal must be an (N, 2), (N, 3) or (N, 4) array of frame index, micro signal[, macro "
+                         f"signal[, detection floor]]; got shape {sig.shape}")  # fmt: skip
+    return sig[:, 0], sig[:, 1], (sig[:, 2] if sig.shape[1] >= 3 else None)
+
+
+def _floor_strip(result: VideoResult) -> Figure | None:
+    """The micro detector's detection floor over time (% of the eye distance; the signal's 4th column), a thin strip
+    under the timeline with the line above which the video gets the "insensitive" warning: where the spotter was
+    blind to small movements (talking, a moving camera, noise raise it)."""
+    sig = result.signal
+    if sig is None or np.asarray(sig).ndim != 2 or np.asarray(sig).shape[1] < 4:
+        return None
+    frames, floor = np.asarray(sig[:, 0], float), np.asarray(sig[:, 3], float)
+    keep = np.isfinite(floor)
+    if keep.sum() < 2:
+        return None
+    fps = result.info.fps if result.info is not None and result.info.fps > 0 else 30.0
+    x, y = _trace(frames[keep] / fps, floor[keep], 2.0)
+    span = float(result.info.duration_s) if result.info is not None and result.info.duration_s > 0 else float(
+        np.nanmax(x))
+    _row, _rows, width = timeline_layout(span, 1.0)
+    fig = Figure(figsize=(width / PLOT_DPI, FLOOR_PX / PLOT_DPI), dpi=PLOT_DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.set_label("detection floor")
+    ax.fill_between(x, 0, y, color=FLOOR_COLOR, alpha=0.35, linewidth=0)
+    ax.plot(x, y, color=FLOOR_COLOR, linewidth=1.0)
+    ax.axhline(INSENSITIVE_PCT_IOD, color="#a00", linewidth=0.8, linestyle="dashed")
+    ax.set_xlim(0, span)
+    ax.set_ylim(0, max(INSENSITIVE_PCT_IOD * 1.2, float(np.nanmax(y)) * 1.1))
+    ax.set_ylabel("floor %", fontsize=FONT_PT)
+    ax.tick_params(labelsize=FONT_PT)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_title(f"detection floor (% of eye distance; above {INSENSITIVE_PCT_IOD:g} %: insensitive)", fontsize=FONT_PT,
+                 loc="left")
+    return fig
 
 
 def _trace(x: np.ndarray, y: np.ndarray, min_gap: float) -> tuple[np.ndarray, np.ndarray]:
@@ -295,7 +343,8 @@ def _timeline(result: VideoResult) -> Figure | None:
             x, y = micro_xy
             sel = ((x >= x0 - gap) & (x <= x1 + gap)) | np.isnan(x)  # NaN: the breaks
             ax.plot(x[sel], y[sel], color=MICRO_SIGNAL_COLOR, linewidth=0.8, label="micro signal")
-            ax.set_ylim(0, micro_top)
+            ax.axhline(1.0, color=MICRO_SIGNAL_COLOR, linewidth=0.7, linestyle="dotted")  # the threshold: score 1.0
+            ax.set_ylim(0, max(micro_top, 1.1))
             ax.set_ylabel("micro", color=MICRO_SIGNAL_COLOR, fontsize=FONT_PT)
         else:
             ax.set_yticks([])
@@ -321,6 +370,8 @@ def _timeline(result: VideoResult) -> Figure | None:
     handles: list[Artist] = []
     if micro_xy is not None:
         handles.append(Line2D([], [], color=MICRO_SIGNAL_COLOR, linewidth=1.2, label="micro signal"))
+        handles.append(Line2D([], [], color=MICRO_SIGNAL_COLOR, linewidth=0.7, linestyle="dotted",
+                              label="threshold (score 1.0)"))
     if macro_xy is not None:
         handles.append(Line2D([], [], color=MACRO_SIGNAL_COLOR, linewidth=1.2, marker=".", label="macro signal"))
     for label, color, hatch, *_ in bands:
@@ -399,6 +450,69 @@ def _bars_html(s: Segment) -> str:
     return '<div class="bars">' + "".join(cells) + "</div>" + tail
 
 
+STRIP_LABELS = ("onset", "", "apex", "", "offset")
+SEGMENT_HEAD = ("#", "face", "kind", "onset s / frame", "apex s / frame", "offset s / frame", "duration s",
+                "score (× threshold)", "quality / context", "AUs", "emotion", "rule", "AU probabilities",
+                "flow (onset→apex), apex")
+DROPPED_HEAD = ("face", "kind", "onset s / frame", "apex s / frame", "offset s / frame", "score (× threshold)",
+                "why not reported", "context", "regions")
+REASONS = {  # why a window is not in the outputs, for the report's table of windows not reported
+    "blink": "a blink (eyes closed and reopened, motion led by the eyes): --blinks label writes them",
+    "head_motion": "head motion explains it (pose change from the landmarks, or the rigid fit): --gated label writes it",
+    "occlusion": "something covers the face (the landmark model lost it inside the window): --gated label writes it",
+    "tracking_lost": "the face tracker lost the face inside the window: --gated label writes it",
+    "lighting": "the lighting changed inside the window: --gated label writes it",
+    "below_threshold": "a peak that reached 0.6-1.0 of the threshold: --sensitivity above 1 reports such peaks",
+    "below_min_score": "below the study's calibrated cut-off (min_score)",
+}
+
+
+def _strip_html(strip: WindowStrip | None, name: str) -> str:
+    """The frame strip (5 tiles with their frame numbers, regions that fired outlined) and the slowed looping preview
+    (a JPEG sprite animated in CSS steps: no script, loops forever, `slow` times slower than real time)."""
+    if strip is None:
+        return ""
+    caps = "".join(f'<span style="width:{strip.tile}px">{_e(label)} {f}</span>'
+                   for label, f in zip(STRIP_LABELS, strip.strip_frames, strict=False))
+    src = "data:image/jpeg;base64," + base64.b64encode(strip.strip_jpeg).decode("ascii")
+    pv = "data:image/jpeg;base64," + base64.b64encode(strip.preview_jpeg).decode("ascii")
+    t = strip.tile
+    dur = max(0.4, strip.preview_s * strip.slow)
+    side = strip.preview_tile
+    return (
+        f'<div class="frames"><figure class="strip"><img class="strip" alt="frames of {_e(name)}" width="{t * 5}" '
+        f'height="{t}" src="{src}"><figcaption class="caps">{caps}</figcaption></figure>'
+        f'<figure class="preview"><div class="preview" role="img" aria-label="preview of {_e(name)}, {strip.slow:g}x '
+        f'slower" data-frames="{strip.preview_n}" style="width:{side}px;height:{side}px;background-image:url({pv});'
+        f"--end:-{side * strip.preview_n}px;animation-duration:{dur:.2f}s;"
+        f'animation-timing-function:steps({strip.preview_n})"></div>'
+        f"<figcaption>{strip.slow:g}x slower</figcaption></figure></div>"
+    )
+
+
+def _window_s(frame: int, fps: float | None) -> str:
+    return f"{frame / fps:.3f}" if fps else "-"
+
+
+def _dropped_row(w: Window, fps: float | None) -> str:
+    """One <tr class="dropped"> of the table of windows not reported: times, kind, score, reason, pictures."""
+    num = 'class="num"'
+    why = w.reason or (w.kind if w.kind == "blink" else w.quality)
+    name = f"{w.kind} window at frame {w.apex}"
+    return (
+        f'<tr class="dropped {_e(w.kind)}" data-reason="{_e(why)}" data-apex="{w.apex}">'
+        f'<td>{_e(w.face_id)}</td><td>{_e(w.kind)}</td>'
+        f'<td {num} data-v="{w.onset}">{_window_s(w.onset, fps)}<br><span class="muted">{w.onset}</span></td>'
+        f'<td {num} data-v="{w.apex}">{_window_s(w.apex, fps)}<br><span class="muted">{w.apex}</span></td>'
+        f'<td {num} data-v="{w.offset}">{_window_s(w.offset, fps)}<br><span class="muted">{w.offset}</span></td>'
+        f'<td {num}>{w.score:.2f}</td><td title="{_e(REASONS.get(why, ""))}"><b>{_e(why)}</b><br>'
+        f'<span class="muted">{_e(REASONS.get(why, ""))}</span></td><td>{_e(w.context)}</td>'
+        f'<td class="mono">{_e(" ".join(w.regions))}</td></tr>'
+        + (f'<tr class="pair"><td colspan="{len(DROPPED_HEAD)}">{_strip_html(w.strip, name)}</td></tr>'
+           if w.strip is not None else "")
+    )
+
+
 def _segment_row(s: Segment) -> str:
     """One <tr class="segment"> of the segment table."""
     flow = ""
@@ -414,9 +528,12 @@ def _segment_row(s: Segment) -> str:
         f'<td {num} data-v="{s.onset_s}">{s.onset_s:.3f}<br><span class="muted">{s.onset_frame}</span></td>'
         f'<td {num} data-v="{s.apex_s}">{s.apex_s:.3f}<br><span class="muted">{s.apex_frame}</span></td>'
         f'<td {num} data-v="{s.offset_s}">{s.offset_s:.3f}<br><span class="muted">{s.offset_frame}</span></td>'
-        f"<td {num}>{s.duration_s:.3f}</td><td {num}>{s.score:.3f}</td>"
+        f"<td {num}>{s.duration_s:.3f}</td><td {num}>{s.score:.2f}</td>"
+        f'<td>{_e(s.quality)}<br><span class="muted">{_e(s.context)}</span></td>'
         f'<td class="mono">{_e(s.aus)}</td><td>{_e(s.emotion)}</td><td class="muted">{_e(s.rule)}</td>'
         f"<td>{_bars_html(s)}</td><td>{flow}{crop or ''}</td></tr>"
+        + (f'<tr class="pair" data-segment-id="{s.segment_id}"><td></td><td colspan="{len(SEGMENT_HEAD) - 1}">'
+           f"{_strip_html(s.strip, f'segment {s.segment_id}')}</td></tr>" if s.strip is not None else "")
     )
 
 
@@ -445,6 +562,8 @@ def _video_section(i: int, result: VideoResult) -> str:
     ]
     if result.error:
         parts.append(f'<p class="failed-reason">{_e(result.error)}</p>')
+    if result.warnings:
+        parts.append('<ul class="warnings">' + "".join(f"<li>{_e(w)}</li>" for w in result.warnings) + "</ul>")
     parts.append(
         _plot(
             f"spotting timeline of {job.rel.as_posix()}",
@@ -455,27 +574,39 @@ def _video_section(i: int, result: VideoResult) -> str:
             describe=_timeline_attrs,
         )
     )
+    parts.append(_plot(f"detection floor of {job.rel.as_posix()}", lambda: _floor_strip(result), cls="floor",
+                       tight=False))
     if result.unreported:
-        kinds = Counter(w.kind for w in result.unreported)
+        reasons = Counter(w.reason or (w.kind if w.kind == "blink" else w.quality) for w in result.unreported)
         parts.append(
-            '<p class="muted">not in the outputs (grey hatched on the timeline): '
-            + ", ".join(f"{n} {_e(k)}{'s' if n > 1 else ''}" for k, n in kinds.items())
+            '<p class="muted">not in the outputs (grey hatched on the timeline; table below): '
+            + ", ".join(f"{n} {_e(k)}" for k, n in reasons.most_common())
             + "</p>"
         )
     if segs:
         parts.append(_plot(f"AU probabilities of {job.rel.as_posix()}", lambda: _heatmap(segs)))
         if len(segs) > MAX_HEATMAP_ROWS:
             parts.append(f'<p class="muted">heatmap shows the first {MAX_HEATMAP_ROWS} segments</p>')
-        head = ["#", "face", "kind", "onset s / frame", "apex s / frame", "offset s / frame", "duration s", "score",
-                "AUs", "emotion", "rule", "AU probabilities", "flow (onset→apex)"]  # fmt: skip
+        head = SEGMENT_HEAD
         rows = "".join(_segment_row(s) for s in segs[:MAX_ROWS_PER_VIDEO])
         parts.append(
-            '<table class="segments sortable"><thead><tr>'
+            '<div class="scroll"><table class="segments sortable"><thead><tr>'
             + "".join(f"<th>{_e(h)}</th>" for h in head)
-            + f"</tr></thead><tbody>{rows}</tbody></table>"
+            + f"</tr></thead><tbody>{rows}</tbody></table></div>"
         )
         if len(segs) > MAX_ROWS_PER_VIDEO:
             parts.append(f'<p class="muted">{len(segs) - MAX_ROWS_PER_VIDEO} more segments: see the CSV</p>')
+    if result.unreported:
+        fps = info.fps if info is not None and info.fps > 0 else None
+        head = DROPPED_HEAD
+        rows = "".join(_dropped_row(w, fps) for w in result.unreported[:MAX_ROWS_PER_VIDEO])
+        parts.append(
+            f'<h3>Windows not reported ({len(result.unreported)})</h3><div class="scroll"><table class="dropped '
+            'sortable"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head)
+            + f"</tr></thead><tbody>{rows}</tbody></table></div>"
+        )
+        if len(result.unreported) > MAX_ROWS_PER_VIDEO:
+            parts.append(f'<p class="muted">{len(result.unreported) - MAX_ROWS_PER_VIDEO} more not shown</p>')
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -530,6 +661,12 @@ def render_report(report: RunReport, ctx: WriteContext, agreement: object | None
         out += [f'<tr class="failed"><td>{_e(r.job.rel.as_posix())}</td><td>{_e(r.status)}</td><td>{_e(r.error or "")}</td></tr>'
                 for r in problems]  # fmt: skip
         out.append("</tbody></table>")
+    warnings = [w for r in results for w in r.warnings]
+    if warnings:
+        out.append(f'<h3>Warnings ({len(warnings)})</h3><ul class="warnings">'
+                   + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>")
+    out.append('<p class="muted">score: the spotting signal at the apex as a multiple of the threshold the window was '
+               "held to (1.0 = just reported; --sensitivity divides the threshold)</p>")
     if report.skipped_files:
         out.append(f'<p class="muted">{len(report.skipped_files)} non-video files skipped</p>')
     shown = [i for i, r in enumerate(results) if r.segments or r.status not in ("failed", "no_face")]
