@@ -97,6 +97,8 @@ def annotate(
         manifest = _start_manifest(plan)
         todo = resume(plan, manifest)
         hook.start_run(tuple(todo.todo))
+        for error in plan.errors:
+            hook.error(error)
         collector = Collector(plan, manifest, hook, todo.todo, todo.keys)
         try:
             collector.run(plan.engine.run(todo.todo, plan.settings, hook))
@@ -115,7 +117,7 @@ def _start_manifest(plan: RunPlan) -> Manifest:
     manifest.save(started=_now(), finished=None, interrupted=False, inputs=list(plan.paths),
                   settings=plan.settings.as_dict(), spotting=SpotConfig.from_any(plan.settings.spot).as_dict(),
                   model={"name": plan.model.name, "sha256": plan.model.sha256},
-                  environment=environment(), summary=None, elapsed_s=None)
+                  environment=environment(), summary=None, elapsed_s=None, errors=list(plan.errors))
     return manifest
 
 
@@ -126,14 +128,15 @@ def _finish(plan: RunPlan, ordered: tuple[VideoResult, ...], manifest: Manifest,
 
     outputs = [write_combined_csv(ordered, plan.out / "segments.csv", plan.ctx)]
     report = RunReport(results=ordered, out_dir=plan.out, skipped_files=plan.found.skipped,
-                       elapsed_s=time.perf_counter() - t_run, outputs=tuple(outputs), model_s=model_s)
+                       elapsed_s=time.perf_counter() - t_run, outputs=tuple(outputs), model_s=model_s,
+                       errors=plan.errors)
     if plan.settings.report:
         from au_annotate.writers.report import write_report
 
         outputs.append(write_report(report, plan.out / "report.html", plan.ctx))
     elapsed = time.perf_counter() - t_run  # the whole call, the report included
     report = RunReport(results=ordered, out_dir=plan.out, skipped_files=plan.found.skipped, elapsed_s=elapsed,
-                       outputs=tuple(outputs), model_s=model_s)
+                       outputs=tuple(outputs), model_s=model_s, errors=plan.errors)
     manifest.save(finished=_now(), interrupted=False, elapsed_s=round(elapsed, 3),
                   summary={status: sum(1 for r in ordered if r.status == status)
                            for status in ("done", "skipped", "failed", "no_face")})

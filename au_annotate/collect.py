@@ -98,7 +98,7 @@ class Collector:
                 frames_with_face=work.frames_with_face, faces=work.faces, elapsed_s=work.elapsed_s,
                 signal=work.signal, unreported=unreported, decoded_s=work.decoded_s,
                 stage_s=work.times.as_dict(), floors=work.floors, face_frames=work.face_frames)
-            self._finish(self._write(replace(res, warnings=video_warnings(res))))
+            self._finish(self._write(replace(res, warnings=work.notes + video_warnings(res))))
 
     def _predict(self, pictures: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()

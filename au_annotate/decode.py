@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import re
@@ -62,6 +63,16 @@ class VideoStream(ABC):
 
     @abstractmethod
     def __iter__(self) -> Iterator[Frame]: ...
+
+    def between(self, start_s: float, end_s: float) -> Iterator[Frame]:
+        """The frames whose time is in [start_s, end_s), with their indices and times on the video's own axis. This
+        default reads from the start and drops what comes before (exact for any file; backends that can seek override
+        it, so decode time follows the range)."""
+        for frame in self:
+            if frame.pts_s >= end_s:
+                return
+            if frame.pts_s >= start_s:
+                yield frame
 
     @abstractmethod
     def close(self) -> None:
@@ -255,15 +266,37 @@ class OpenCVStream(VideoStream):
     def __iter__(self) -> Iterator[Frame]:
         return self.frames(warn=True)
 
-    def frames(self, *, warn: bool = True) -> Iterator[Frame]:
-        """Frames in order; `warn` logs when the stream ends before the container's frame count."""
+    def between(self, start_s: float, end_s: float) -> Iterator[Frame]:
+        """Frames in [start_s, end_s): a seek to the frame at start_s (FFmpeg seeks to the keyframe before it and
+        decodes forward to it), checked against that frame's own timestamp; when the container's timestamps do not
+        agree with the nominal frame rate (variable rate, odd containers) the seek is not trusted and the frames are
+        read from the start instead, so the indices stay those of a sequential decode."""
+        fps = self.info.fps
+        target = int(math.floor(start_s * fps + 1e-6))
+        if target <= 0:
+            yield from super().between(start_s, end_s)
+            return
+        for frame in self.frames(warn=False, start=target):
+            if frame.index == target and abs(frame.pts_s - target / fps) > 0.5 / fps:
+                log.debug("%s: seek to frame %d landed at %.3f s: reading from the start", self._path, target,
+                          frame.pts_s)
+                yield from super().between(start_s, end_s)
+                return
+            if frame.pts_s >= end_s:
+                return
+            if frame.pts_s >= start_s - 0.5 / fps:
+                yield frame
+
+    def frames(self, *, warn: bool = True, start: int = 0) -> Iterator[Frame]:
+        """Frames in order from frame `start` (0: the first; else by a seek); `warn` logs when the stream ends before
+        the container's frame count."""
         cv2 = self._cv2
         cap = self._cap
         if cap is None:
             raise DecodeError(f"{self._path}: the video was closed")
-        cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        cap.set(cv2.CAP_PROP_POS_FRAMES, start)
         fps = self.info.fps
-        i = 0
+        i = start
         last_t = -1.0
         while True:
             with self._reading:
@@ -272,12 +305,12 @@ class OpenCVStream(VideoStream):
                 ok, img = cap.read()
                 t = float(cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0 if ok else 0.0
             if not ok or img is None:
-                if i == 0:
-                    raise DecodeError(f"{self._path}: no decodable frames")
+                if i == start:
+                    raise DecodeError(f"{self._path}: no decodable frames" + (f" from frame {start}" if start else ""))
                 if warn:
                     _warn_short(self._path, i, self.info.n_frames, "damaged or truncated data")
                 return
-            if not np.isfinite(t) or t <= last_t:
+            if not np.isfinite(t) or t <= last_t or (i == start > 0 and t <= 0):
                 t = last_t + 1.0 / fps if last_t >= 0 else i / fps  # containers without timestamps: nominal rate
             last_t = t
             if self.gray:

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -69,3 +70,17 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def load_toml(path: str | os.PathLike[str], error: type[Exception]) -> dict[str, Any]:
+    """A TOML file as a dict (the one reader of config files: run settings, training recipes); `error` raised with a
+    message naming the file when it is missing, unreadable or not valid UTF-8 TOML."""
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{p}: config file not found") from None
+    except OSError as e:
+        raise error(f"{p}: config file not readable ({e.strerror or e})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{p}: invalid TOML: {e}") from None

@@ -31,7 +31,8 @@ FORMAT = "au-annotate-manifest"
 FORMAT_VERSION = 1
 # settings that never change what is written (how fast, how loud, where it runs)
 _RUNTIME_ONLY = frozenset({"jobs", "engine", "ray_address", "quiet", "verbose", "overwrite", "device", "batch_size",
-                           "report", "stall_timeout_s"})
+                           "report", "stall_timeout_s",
+                           "ranges", "range_table", "range_tier"})  # the key has each video's own resolved ranges
 
 
 def environment() -> dict[str, str]:
@@ -62,6 +63,7 @@ def output_key(job: VideoJob, settings: Settings, model_sha256: str) -> str:
         with contextlib.suppress(OSError):
             relevant["rules_sha256"] = hashlib.sha256(Path(settings.rules).read_bytes()).hexdigest()
     blob = json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "rel": job.rel.as_posix(),
+                       "ranges": [list(r) for r in job.ranges], "range_error": job.range_error,
                        "settings": relevant, "model": model_sha256, "version": __version__}, sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -122,6 +124,7 @@ class Manifest:
             "warning": "; ".join(warnings) or None,  # all of them on one line (older readers)
             "warnings": warnings,  # one line each (au_annotate.quality.video_warnings)
             "face_frames": dict(result.face_frames),
+            "ranges": [list(r) for r in result.job.ranges],  # analysed time ranges (s); [] = the whole video
             "frames": result.frames,
             "frames_expected": expected,
             "frames_with_face": result.frames_with_face,

@@ -37,6 +37,8 @@ from au_annotate.decode import (
 from au_annotate.errors import one_line
 from au_annotate.face import FaceDetector, FaceTracker, parse_faces
 from au_annotate.flow import picture_for
+from au_annotate.quality import SHORT_VIDEO_S
+from au_annotate.ranges import RangeError, usable_ranges
 from au_annotate.records import AlignedFace, DetectionFloor, FlowSample, VideoInfo, VideoJob, Window
 from au_annotate.settings import Settings
 from au_annotate.spot import SpotConfig, Spotter, make_spotter
@@ -83,6 +85,8 @@ class _Signals:
         return sig[np.argsort(sig[:, 0], kind="stable")]
 
 
+_NEXT_RANGE = object()  # the face stage's marker between two ranges
+
 SpotterFactory = Callable[[str, float, Callable[[str, int, float], None] | None], Spotter]
 """spotter_factory(face_id, fps, on_signal) -> the Spotter of one face track (VideoRun's default: the settings' one)."""
 
@@ -100,7 +104,8 @@ class VideoRun:
                  spotter_factory: SpotterFactory | None = None) -> None:
         self.job, self.settings, self.detector = job, settings, detector
         self.spotter_factory = spotter_factory or (
-            lambda face_id, fps, on_signal: make_spotter(settings.spotter, fps, settings.spot, on_signal=on_signal))
+            lambda face_id, fps, on_signal: make_spotter(settings.spotter, fps, settings.spot, on_signal=on_signal,
+                                                         near_misses=settings.report))
         self.on_start, self.on_frames = on_start, on_frames
         self.times = StageTimes()
         self.samples: list[FlowSample] = []
@@ -114,22 +119,33 @@ class VideoRun:
         self.strips_made = 0
         self.near: dict[str, list[tuple[float, int, int, Window]]] = {}  # per face: the strongest below-threshold peaks
         self.face_frames: dict[str, int] = {}  # frames each face id was tracked in
+        self.ranges: tuple[tuple[float, float], ...] = ()  # the job's ranges that apply to this video (none: all of it)
+        self.notes: list[str] = []  # ranges clipped or left out, one line each (the video's warnings)
+        self.face_ids: set[str] = set()  # every face id any range's tracker gave
+        self.span_first: float | None = None  # time of the first frame of the range being read
+        self.decoded_s = 0.0  # seconds of video decoded over the ranges
         self.frames = self.with_face = self._pending_frames = 0
         self.last_pts = 0.0
+        self.last_index = -1  # index of the latest frame fed to the spotters
         self.fps = 30.0
         self.tracker: FaceTracker | None = None
 
     def run(self) -> VideoWork:
-        """Decode, track and spot every frame, then return the flow samples. Raises DecodeError for unreadable video
-        and NoFaceError when no frame had a face."""
+        """Decode, track and spot every frame (of the job's ranges), then return the flow samples. Raises DecodeError
+        for unreadable video (or unusable ranges) and NoFaceError when no frame had a face."""
+        if self.job.range_error:
+            raise DecodeError(self.job.range_error)
         with _single_threaded_opencv(), _open_within_timeout(self.job, self.settings) as stream:
             self._start(stream)
             # the face stage's own stall timeout is a backstop: a stalled decoder is reported by the face thread first
             stage = prefetch(self._tracked(stream), maxsize=32, name="au-annotate-face", nice=HELPER_NICE,
                              stall_s=self.settings.stall_timeout_s + FACE_STALL_EXTRA_S)
             with _stall_as_decode_error(self.job, self.settings), contextlib.closing(stage):  # threads stop first
-                for index, pts_s, faces, alive in stage:
-                    self._on_frame(index, pts_s, faces, alive)
+                for item in stage:
+                    if item is _NEXT_RANGE:
+                        self._end_range()
+                        continue
+                    self._on_frame(*item)
             self._finish()
         return self._work(stream.info)
 
@@ -138,34 +154,64 @@ class VideoRun:
         if self.on_start:
             self.on_start(info)
         self.fps = info.fps if info.fps > 0 else 30.0
-        s = self.settings
-        self.tracker = FaceTracker(self.fps, crop_size=s.crop_size, template_px=s.track_template_px,
-                                   search_margin=s.search_margin, redetect_below=s.redetect_below,
-                                   redetect_every_s=s.redetect_every_s, min_face_size=s.min_face_size,
-                                   max_faces=parse_faces(s.faces), detector=self.detector)
+        if self.job.ranges:  # clipped to the video; too short ones left out with a note; none left: the video fails
+            try:
+                self.ranges, self.notes = usable_ranges(self.job, info.duration_s, SHORT_VIDEO_S)
+            except RangeError as e:
+                raise DecodeError(one_line(e)) from None
+        self.tracker = self._new_tracker()
 
-    def _tracked(self, stream: VideoStream) -> Iterator[tuple[int, float, list[AlignedFace], set[str]]]:
-        """The face stage, run in its own thread: each frame's aligned faces and the ids the tracker remembers."""
+    def _new_tracker(self) -> FaceTracker:
+        s = self.settings
+        return FaceTracker(self.fps, crop_size=s.crop_size, template_px=s.track_template_px,
+                           search_margin=s.search_margin, redetect_below=s.redetect_below,
+                           redetect_every_s=s.redetect_every_s, min_face_size=s.min_face_size,
+                           max_faces=parse_faces(s.faces), detector=self.detector)
+
+    def _tracked(self, stream: VideoStream) -> Iterator[tuple[int, float, list[AlignedFace], set[str]] | object]:
+        """The face stage, run in its own thread: each frame's aligned faces and the ids the tracker remembers; between
+        two ranges a _NEXT_RANGE marker, and a fresh tracker (a range is analysed as a video of its own)."""
         assert self.tracker is not None
-        decoded = prefetch(iter(stream), nice=HELPER_NICE, stall_s=self.settings.stall_timeout_s)
-        with contextlib.closing(decoded):
-            while True:
-                t0 = time.perf_counter()
-                frame = next(decoded, None)
-                if frame is None:
-                    return
-                t1 = time.perf_counter()
-                self.times.decode += t1 - t0  # waiting for the decode thread (not for the spotter: that is below)
-                faces = self.tracker.process_all(frame)
-                alive = self.tracker.track_ids()
-                self.times.face += time.perf_counter() - t1
-                yield frame.index, frame.pts_s, faces, alive
+        for n, span in enumerate(self.ranges or (None,)):
+            if n:
+                self.face_ids |= set(self.tracker.face_ids)
+                self.tracker = self._new_tracker()
+                yield _NEXT_RANGE
+            frames = iter(stream) if span is None else stream.between(*span)
+            decoded = prefetch(frames, nice=HELPER_NICE, stall_s=self.settings.stall_timeout_s)
+            with contextlib.closing(decoded):
+                while True:
+                    t0 = time.perf_counter()
+                    frame = next(decoded, None)
+                    if frame is None:
+                        break
+                    t1 = time.perf_counter()
+                    self.times.decode += t1 - t0  # waiting for the decode thread (not for the spotter: that is below)
+                    faces = self.tracker.process_all(frame)
+                    alive = self.tracker.track_ids()
+                    self.times.face += time.perf_counter() - t1
+                    yield frame.index, frame.pts_s, faces, alive
+        self.face_ids |= set(self.tracker.face_ids)
+
+    def _end_range(self) -> None:
+        """A range ended: its face tracks are finished (their last windows flushed) and the next range starts afresh."""
+        for face_id, spotter in self.tracks.items():
+            self._flush(face_id, spotter)
+        self.tracks = {}
+        self._close_span()
+
+    def _close_span(self) -> None:
+        if self.span_first is not None:
+            self.decoded_s += self.last_pts - self.span_first + 1.0 / self.fps
+        self.span_first = None
 
     def _on_frame(self, index: int, pts_s: float, faces: list[AlignedFace], alive: set[str]) -> None:
         """One tracked frame: every known face's spotter sees it (None where that face is missing this frame)."""
         self.frames += 1
         self.with_face += bool(faces)
-        self.last_pts = pts_s
+        self.last_pts, self.last_index = pts_s, index
+        if self.span_first is None:
+            self.span_first = pts_s
         present = {f.face_id: f for f in faces}
         for face_id in present:
             self.face_frames[face_id] = self.face_frames.get(face_id, 0) + 1
@@ -208,7 +254,7 @@ class VideoRun:
         strip = None
         if self.pictures and (not counted or self.strips_made < MAX_STRIPS_PER_VIDEO):
             t0 = time.perf_counter()
-            strip = make_strip(w, spotter.face_at, spotter.time_at, self.frames - 1)
+            strip = make_strip(w, spotter.face_at, spotter.time_at, self.last_index)
             self.times.flow += time.perf_counter() - t0
             self.strips_made += counted
         return dataclasses.replace(w, reason=reason or w.reason, strip=strip, face_id=face_id)
@@ -245,7 +291,7 @@ class VideoRun:
                 continue
             onset_face, apex_face = pair
             pic = picture_for(self.settings.input_layout, onset_face.crop, apex_face.crop, apex_face.landmarks)
-            offset_s = at(w.offset, self.last_pts if w.offset >= self.frames - 1 else apex_face.pts_s)
+            offset_s = at(w.offset, self.last_pts if w.offset >= self.last_index else apex_face.pts_s)
             thumb = cv2.resize(apex_face.crop, (THUMB_SIZE, THUMB_SIZE), interpolation=cv2.INTER_AREA)
             self.samples.append(FlowSample(face_id=apex_face.face_id, window=w, onset_s=at(w.onset, onset_face.pts_s),
                                            apex_s=at(w.apex, apex_face.pts_s), offset_s=offset_s, image=pic,
@@ -255,6 +301,7 @@ class VideoRun:
     def _finish(self) -> None:
         for face_id, spotter in self.tracks.items():
             self._flush(face_id, spotter)
+        self._close_span()
         if self.on_frames and self._pending_frames:
             self.on_frames(self._pending_frames)
             self._pending_frames = 0
@@ -267,8 +314,9 @@ class VideoRun:
         self.samples.sort(key=lambda s: (s.window.onset, s.window.apex, s.face_id))
         assert self.tracker is not None
         return VideoWork(job=self.job, info=info, samples=self.samples, frames=self.frames,
-                         frames_with_face=self.with_face, faces=len(self.tracker.face_ids),
-                         signal=self.signals.array(), times=self.times, decoded_s=self.last_pts + 1.0 / self.fps,
+                         frames_with_face=self.with_face, faces=len(self.face_ids),
+                         signal=self.signals.array(), times=self.times, notes=tuple(self.notes),
+                         decoded_s=self.decoded_s if self.ranges else self.last_pts + 1.0 / self.fps,
                          unreported=tuple(sorted(self.unreported + [w for heap in self.near.values() for *_, w in heap],
                                                  key=lambda w: (w.onset, w.apex))),
                          floors=dict(sorted(self.floors.items())), face_frames=dict(sorted(self.face_frames.items())))

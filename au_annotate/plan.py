@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from au_annotate._version import __version__
@@ -17,6 +17,7 @@ from au_annotate.engines import Engine, EngineError, get_engine
 from au_annotate.errors import AnnotateError
 from au_annotate.face import parse_faces
 from au_annotate.manifest import Manifest, output_key, segments_from_csv
+from au_annotate.ranges import assign_ranges
 from au_annotate.records import VideoJob, VideoResult
 from au_annotate.segments import ModelBundle, load_model
 from au_annotate.settings import Settings
@@ -35,6 +36,7 @@ class RunPlan:
     model: ModelBundle
     engine: Engine
     ctx: WriteContext
+    errors: tuple[str, ...] = ()  # input problems that concern no single video (a range table row naming no input)
 
 
 @dataclass
@@ -62,6 +64,8 @@ def plan_run(paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike
         raise DiscoverError(f"{where}: no video files found{skipped}")
     try:
         _check_options(settings)
+        jobs, errors = assign_ranges(found.jobs, settings.ranges, settings.range_table, settings.range_tier)
+        found = replace(found, jobs=jobs)
         model = load_model(settings)
         settings = settings_for_model(settings, model)
         engine = get_engine(settings.engine, **_engine_options(settings))
@@ -71,7 +75,7 @@ def plan_run(paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike
                        settings=settings.as_dict(), au_tiers=settings.au_tiers, au_names=model.decoder.au_names,
                        uncalibrated=model.decoder.uncalibrated)
     return RunPlan(paths=tuple(str(p) for p in paths), out=out, settings=settings, found=found, model=model,
-                   engine=engine, ctx=ctx)
+                   engine=engine, ctx=ctx, errors=tuple(errors))
 
 
 def _check_options(settings: Settings) -> None:
@@ -134,4 +138,5 @@ def _reuse(job: VideoJob, entry: dict, out: Path) -> VideoResult | None:
     return VideoResult(job=job, status="skipped", error=None, segments=segs, frames=int(entry.get("frames", 0)),
                        frames_with_face=int(entry.get("frames_with_face", 0)),
                        decoded_s=float(entry.get("decoded_s") or 0.0),
-                       outputs=tuple(out / o for o in entry.get("outputs", [])))
+                       outputs=tuple(out / o for o in entry.get("outputs", [])),
+                       warnings=tuple(w for w in entry.get("warnings") or [] if isinstance(w, str)))

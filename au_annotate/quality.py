@@ -27,6 +27,7 @@ the others meaningless first.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -126,6 +127,7 @@ def video_warning(fps: float, frames: int, frames_with_face: int, reported: int,
 
 SHORT_VIDEO_S = 2.0  # a video (or range) shorter than this is too short to judge: the spotter warms up for 1 s and a
 # window needs its onset, apex and offset after that
+TRUNCATED_FRAMES = 3  # a container's frame count is often an estimate a few frames off (WMV, MOV): more is truncation
 BRIEF_FACE_S = 1.0  # a face tracked for less than this cannot carry a window (warm-up)
 
 
@@ -137,9 +139,13 @@ def video_warnings(result: VideoResult) -> tuple[str, ...]:
     path, info = result.job.path, result.info
     out = []
     expected = info.n_frames
-    if expected and result.frames < expected - max(1, expected // 100):
-        out.append(f"{path}: decoding stopped after {result.frames} of {expected} frames (damaged or truncated file; "
-                   f"{result.decoded_s:.1f} of {info.duration_s:.1f} s decoded): the rest is not annotated")
+    if result.job.ranges and info.fps > 0:  # the frames of the ranges (clipped to the video)
+        end = info.duration_s if info.duration_s > 0 else math.inf
+        expected = sum(int(round((min(b, end) - a) * info.fps)) for a, b in result.job.ranges if a < end)
+    if expected and result.frames < expected - max(TRUNCATED_FRAMES, expected // 100):
+        seconds = f"; {result.decoded_s:.1f} of {info.duration_s:.1f} s decoded" if result.decoded_s > 0 else ""
+        out.append(f"{path}: decoding stopped after {result.frames} of {expected} frames (damaged or truncated "
+                   f"file{seconds}): the rest is not annotated")
     if result.status == "done" and result.decoded_s < SHORT_VIDEO_S:
         out.append(f"{path}: only {result.decoded_s:.2f} s of video: too short to judge (the spotter needs about "
                    f"{SHORT_VIDEO_S:g} s: 1 s of warm-up, then a whole window), so finding nothing says nothing")

@@ -23,6 +23,8 @@ class VideoJob:
     path: Path
     rel: PurePosixPath  # path relative to the input root, used as the `video` column and for output mirroring
     out_dir: Path  # folder that receives <stem>.segments.csv, <stem>.eaf, ...
+    ranges: tuple[tuple[float, float], ...] = ()  # (start, end) seconds to analyse, sorted, apart; () = the whole video
+    range_error: str = ""  # why this video's ranges cannot be used (au_annotate.ranges): the video fails with it
 
     @property
     def stem(self) -> str:
@@ -258,6 +260,7 @@ class RunReport:
     elapsed_s: float = 0.0
     outputs: tuple[Path, ...] = field(default=())  # dataset-level outputs (segments.csv, report)
     model_s: float = 0.0  # seconds the batch runner spent on the model (all videos)
+    errors: tuple[str, ...] = ()  # input problems of no single video (a range table row naming no input): exit 1
 
     @property
     def failed(self) -> tuple[VideoResult, ...]:

@@ -6,12 +6,13 @@ The library takes a `Settings` object; the CLI builds it. Precedence: CLI > conf
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from au_annotate.errors import check_keys
+
+DEFAULT_WEIGHTS = "htnet-megc"  # the shipped default checkpoint (au_annotate.weights registry; here so --help needs no torch)
 
 
 class SettingsError(ValueError):
@@ -28,6 +29,9 @@ class Settings:
     decoder: str = "auto"  # auto | decord | opencv
     luma: bool = True  # decode only the luma plane where the backend can (OpenCV): every stage works in gray
     stall_timeout_s: float = 120.0  # a video that does not open, or gives no frame, for this long fails (hung decoder)
+    ranges: tuple[str, ...] = ()  # START-END time ranges analysed in every video (au_annotate.ranges); () = all
+    range_table: Path | None = None  # CSV of ranges per video (video, start, end)
+    range_tier: str | None = None  # ranges from this tier of the ELAN file next to each video
     # face
     crop_size: int = 224  # aligned crop side (the seed's 224x224)
     track_template_px: int = 64  # template matching runs on each face downscaled (integer factor) to about this side
@@ -83,20 +87,19 @@ DEFAULTS = Settings()
 
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file; keys live at top level or under an `[annotate]` table."""
+    from au_annotate.fileio import load_toml
+
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SettingsError(f"{p}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SettingsError(f"{p}: invalid TOML: {e}") from None
+    data = load_toml(p, SettingsError)
     data = data.get("annotate", data)
     check_keys(data, (f.name for f in dataclasses.fields(Settings)), "setting", SettingsError, where=str(p),
                list_known=False)
-    if "formats" in data and isinstance(data["formats"], list):
-        data["formats"] = tuple(data["formats"])
-    if "rules" in data and data["rules"] is not None:
-        data["rules"] = Path(data["rules"])
+    for key in ("formats", "ranges"):
+        if key in data and isinstance(data[key], list):
+            data[key] = tuple(data[key])
+    for key in ("rules", "range_table"):
+        if key in data and data[key] is not None:
+            data[key] = Path(data[key])
     return data
 
 

@@ -2,8 +2,8 @@
 (onset, a frame between, apex, a frame between, offset) with the regions that fired outlined, and a sprite of the
 frames from before the onset to after the offset for a looping preview `SLOW` times slower than real time.
 
-Both are JPEG of the aligned face crop at TILE / PREVIEW_TILE pixels, so a window costs about 30-40 KB of pictures
-(40-55 KB of report, base64) whatever the video's resolution, and a video keeps at most MAX_STRIPS_PER_VIDEO of them in memory
+Both are JPEG of the aligned face crop at TILE / PREVIEW_TILE pixels, so a window costs about 30 KB of pictures
+(about 40 KB of report, base64) whatever the video's resolution, and a video keeps at most MAX_STRIPS_PER_VIDEO of them in memory
 (the pipeline's bound): the report stays self-contained and small, and an hour-long video does not grow the memory."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from au_annotate.records import AlignedFace, Window, WindowStrip
 from au_annotate.spot.regions import ROI_NAMES, roi_boxes
 
 TILE = 112  # strip tile side (px)
-PREVIEW_TILE = 96  # preview tile side (px)
+PREVIEW_TILE = 80  # preview tile side (px)
 PREVIEW_MAX = 16  # preview frames at most (evenly spread over its span)
 PREVIEW_PAD = 0.5  # the preview starts and ends this share of the window's span before the onset / after the offset
 SLOW = 4.0  # preview slow-down
 JPEG_QUALITY = 80  # the strip (colour: the outlines)
-PREVIEW_QUALITY = 70  # the preview (gray: the crop is gray; a sprite of 16 tiles is most of a window's bytes)
-MAX_STRIPS_PER_VIDEO = 600  # reported windows with pictures per video (the report's table shows up to 500)
+PREVIEW_QUALITY = 60  # the preview (gray: the crop is gray; a sprite of 16 tiles is most of a window's bytes)
+MAX_STRIPS_PER_VIDEO = 300  # windows with pictures per video (about 10 MB of report at most; the rest: CSV only)
 MAX_NEAR_MISSES = 20  # below-threshold peaks with pictures per face: the strongest ones
 REGION_COLOR = (40, 40, 230)  # BGR: red outlines of the regions that fired
 NO_FACE = 60  # grey level of a tile whose frame had no face

@@ -200,13 +200,19 @@ def print_summary(report: RunReport, console: Console, *, top_aus: int = 3, wall
     for r in problems:
         label = "[red]failed:[/]" if r.status == "failed" else f"[yellow]{r.status.replace('_', ' ')}:[/]"
         console.print(f"{label} {escape(r.error or '')}", highlight=False, soft_wrap=True)
+    for line in report.errors:  # input problems of no single video (a range table row naming no input)
+        console.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    for r in report.results:  # why a video's spotting is not to be trusted (also in the manifest and the report)
+        for line in r.warnings:
+            console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
     done = sum(1 for r in report.results if r.status == "done")
     reused = sum(1 for r in report.results if r.status == "skipped")
     console.print(
         f"{done}/{len(report.results)} videos annotated"
         + (f" ({reused} up to date from an earlier run)" if reused else "")
         + f", {n_micro + n_macro} segments, "
-        f"{len(report.failed)} failed, {len(report.skipped_files)} non-video files skipped, "
+        f"{len(report.failed)} failed, {sum(len(r.warnings) for r in report.results)} warnings, "
+        f"{len(report.skipped_files)} non-video files skipped, "
         f"in {_fmt_duration(report.elapsed_s if wall_s is None else wall_s)}. Outputs: {escape(str(Path(report.out_dir)))}",
         highlight=False,
     )

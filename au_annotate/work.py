@@ -1,7 +1,7 @@
 """The mutable state of a run, in one named place: what the CPU pipeline produced for a video before the model sees
 it (VideoWork, with its per-stage times) or why it produced nothing (VideoFailure).
 
-Engines carry these from the per-video pipeline (pipeline.py, possibly in a worker process) to the run (run.py); both
+Engines carry these from the per-video pipeline (pipeline.py, possibly in a worker process) to the run (api.py, whose collect.py gathers them); both
 are picklable. Everything after the model is frozen records (records.py).
 """
 
@@ -47,6 +47,7 @@ class VideoWork:
     unreported: tuple[Window, ...] = ()  # windows found but not reported (Window.reason says why)
     floors: dict[str, DetectionFloor] = field(default_factory=dict)  # per face id: its micro detector's floor
     face_frames: dict[str, int] = field(default_factory=dict)  # frames each face id was tracked in
+    notes: tuple[str, ...] = ()  # ranges clipped or left out (one line each): they join the video's warnings
 
 
 @dataclass

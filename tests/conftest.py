@@ -1,8 +1,20 @@
-"""Shared fixtures: synthetic face videos made from a real face picture (skimage's astronaut, public domain)."""
+"""Shared fixtures: the checkpoint end-to-end tests annotate with, and synthetic face videos made from a real face
+picture (skimage's astronaut, public domain)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The checkpoint for end-to-end runs: the shipped default weights when present, else a seed-config checkpoint with
+    fixed random weights (outputs need a model, not a trained one); see tests.corpus.local_checkpoint."""
+    from tests.corpus import local_checkpoint
+
+    return local_checkpoint(Path(tmp_path_factory.mktemp("weights")))
 
 
 @pytest.fixture(scope="session")

@@ -140,3 +140,31 @@ def test_second_run_into_a_busy_output_folder_stops_with_exit_2(tmp_path: Path, 
 def test_python_dash_m_entry_point() -> None:
     r = subprocess.run([sys.executable, "-m", "au_annotate", "--help"], capture_output=True, text=True, check=True)
     assert "annotate" in r.stdout
+
+
+def test_help_and_weights_list_name_the_true_default() -> None:
+    from au_annotate.weights import DEFAULT_WEIGHTS
+
+    help_text = " ".join(CliRunner().invoke(main, ["annotate", "--help"]).output.split())
+    assert f"[{DEFAULT_WEIGHTS}]" in help_text and "htnet-samm]" not in help_text
+    listed = CliRunner().invoke(main, ["weights", "list"]).output.splitlines()
+    assert [ln.split()[0] for ln in listed if "(default)" in ln] == [DEFAULT_WEIGHTS]
+
+
+def test_spotting_options_reach_the_spotter_and_the_manifest(tmp_path: Path, planted_clips, weights: str) -> None:
+    """--sensitivity / --blinks / --gated are the config file's spot options (the CLI wins key by key), and the
+    manifest records every spotting option in effect; a bad value is one line and exit 2."""
+    import json
+
+    root, (a, _b) = planted_clips
+    config = tmp_path / "study.toml"
+    config.write_text('spot = {blinks = "label", p = 5.0}\n', encoding="utf-8")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["annotate", str(a.path), "-o", str(out), "--weights", weights, "--config",
+                                       str(config), "--sensitivity", "1.5", "--gated", "label", "-q"])
+    assert result.exit_code == 0, result.output
+    spotting = json.loads((out / "manifest.json").read_text())["spotting"]
+    assert (spotting["sensitivity"], spotting["gated"], spotting["blinks"], spotting["p"]) == (1.5, "label", "label",
+                                                                                              5.0)
+    bad = CliRunner().invoke(main, ["annotate", str(a.path), "-o", str(tmp_path / "o2"), "--sensitivity", "0"])
+    assert bad.exit_code == 2 and not (tmp_path / "o2").exists()

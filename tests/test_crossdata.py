@@ -33,6 +33,13 @@ TINY = TrainConfig(epochs=1, batch_size=16, inner_folds=2, refit=False,
                    model={"dim": 8, "heads": 2, "block_repeats": 1})
 
 
+def _require_optflow() -> None:
+    """TV-L1 (cv2.optflow) comes with opencv-contrib-python-headless, a hard dependency: its absence is a failure."""
+    if not hasattr(cv2, "optflow"):
+        pytest.fail("cv2.optflow is missing: install opencv-contrib-python-headless (a dependency of au-annotate; it "
+                    "replaces opencv-python-headless, the two cannot be installed together)")
+
+
 def _picture(rng: np.random.Generator, aus: set[int]) -> np.ndarray:
     flow = rng.normal(0, 0.2, (56, 56, 2)).astype(np.float32)
     if 4 in aus:
@@ -89,8 +96,7 @@ def test_uv_strain_encoding_and_flip() -> None:
 
 def test_picture_spec_dispatch() -> None:
     """'face' is the seed picture, 'face:htnet-uvs' the TV-L1 one; an unknown encoding is one clear error."""
-    if not hasattr(cv2, "optflow"):
-        pytest.skip("opencv-contrib not installed")
+    _require_optflow()
     rng = np.random.default_rng(2)
     a = (rng.random((224, 224)) * 255).astype(np.uint8)
     b = np.roll(a, 2, axis=1)
@@ -187,6 +193,16 @@ def test_uncalibrated_aus_are_probabilities_only() -> None:
     assert dec.uncalibrated == ("AU18",) and present.tolist() == [[True, False]] and codes == ["4"]
 
 
+def test_an_au_is_present_at_its_threshold() -> None:
+    """Presence is p >= threshold (the rule the best-F1 thresholds are chosen under, training.folds), for the
+    checkpoint's thresholds and a study's calibrated ones alike."""
+    dec = AUDecoder.from_model(("AU04", "AU12"), np.array([0.5, 0.25], np.float32), np.array([True, True]))
+    _, present, codes = dec.decode(np.array([[0.5, 0.25], [0.4999, 0.2499]], np.float32))
+    assert present.tolist() == [[True, True], [False, False]] and codes == ["4+12", ""]
+    _, present, _ = dec.with_thresholds({"AU04": 0.75}).decode(np.array([[0.75, 0.0]], np.float32))
+    assert present.tolist() == [[True, False]]
+
+
 def test_writers_emotion_columns_and_uncalibrated() -> None:
     """CSV: no _c column for an uncalibrated AU; emotion (FACS rule) and emotion_model(+_p) are separate columns."""
     from au_annotate.records import Segment
@@ -209,8 +225,7 @@ needs_data = pytest.mark.skipif(not (DATASETS / "casme2-frames").is_dir() or not
 @needs_data
 def test_product_reproduces_the_composite_pictures() -> None:
     """The product's face/align/TV-L1 pictures of both casme2-frames clips correlate with the published ones."""
-    if not hasattr(cv2, "optflow"):
-        pytest.skip("opencv-contrib not installed")
+    _require_optflow()
     from au_annotate.training.reproduce import reproduce
 
     reps = reproduce(DATASETS / "casme2-frames", DATASETS / "megc-composite")
@@ -243,8 +258,7 @@ def test_real_casme2_clips_end_to_end(tmp_path: Path, clip: str) -> None:
 
     A default run reports only the AUs the cross-dataset rule marks reliable (AU01, AU02 for htnet-megc): AU04 and AU12
     fail its LOSO F1 >= 2x all-positive condition, so they appear only with --all-aus (docs/au-model.md)."""
-    if not hasattr(cv2, "optflow"):
-        pytest.skip("opencv-contrib not installed")
+    _require_optflow()
     from au_annotate.api import annotate
     from au_annotate.settings import DEFAULTS
 

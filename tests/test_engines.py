@@ -36,21 +36,7 @@ class CountingHook(ProgressHook):
         self.ended.append(result.job.rel.as_posix())
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seed-config checkpoint with fixed random weights (outputs need a model, not a trained one)."""
-    import torch
-
-    from au_annotate.model import HTNet, HTNetConfig
-    from au_annotate.weights import SEED25_AU_ORDER, save_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "random.pt"
-    save_checkpoint(path, HTNet(), config=HTNetConfig(), au_names=SEED25_AU_ORDER)
-    return path
-
-
-def _settings(weights: Path, **changes: object) -> Settings:
+def _settings(weights: str, **changes: object) -> Settings:
     return DEFAULTS.replace(weights=str(weights), formats=("csv",), **changes)
 
 

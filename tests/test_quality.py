@@ -4,6 +4,7 @@ floods; the manifest gets a one-line warning."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path, PurePosixPath
 
 import cv2
@@ -20,8 +21,9 @@ from au_annotate.quality import (
     StepSignals,
     label_window,
     video_warning,
+    video_warnings,
 )
-from au_annotate.records import AlignedFace, VideoJob
+from au_annotate.records import AlignedFace, Segment, VideoInfo, VideoJob, VideoResult
 from au_annotate.settings import DEFAULTS
 from au_annotate.spot import ROI_NAMES, RoiFlowSpotter
 
@@ -210,3 +212,44 @@ def test_bad_input_neither_crashes_nor_floods(tmp_path: Path, case: str) -> None
         return
     reported = [s.window for s in work.samples if s.window.kind in ("micro", "macro")]
     assert len(reported) <= 2, reported
+
+
+def _done(tmp: Path, seconds: float, frames: int, n_frames: int | None = None, **kw: object) -> VideoResult:
+    job = VideoJob(path=tmp / "v.mp4", rel=PurePosixPath("v.mp4"), out_dir=tmp)
+    n = n_frames if n_frames is not None else frames
+    info = VideoInfo(path=job.path, backend="test", width=640, height=480, fps=30.0, n_frames=n, duration_s=n / 30)
+    return VideoResult(job=job, status="done", info=info, frames=frames, frames_with_face=frames,
+                       decoded_s=seconds, **kw)  # type: ignore[arg-type]
+
+
+def test_video_warnings_name_every_reason_one_line_each(tmp_path: Path) -> None:
+    """A truncated decode, a video too short to judge, faces found but not (or briefly) tracked: one line each, naming
+    the file; a plain video gets none."""
+    assert video_warnings(_done(tmp_path, 10.0, 300)) == ()
+    (short,) = video_warnings(_done(tmp_path, 0.3, 9))
+    assert short.startswith(str(tmp_path / "v.mp4")) and "too short to judge" in short and "\n" not in short
+    (cut,) = video_warnings(_done(tmp_path, 2.4, 71, n_frames=282))
+    assert "decoding stopped after 71 of 282 frames" in cut and "2.4 of 9.4 s" in cut
+    seg = Segment(video="v.mp4", face_id="face0", segment_id=0, kind="micro", onset_frame=30, apex_frame=33,
+                  offset_frame=36, onset_s=1.0, apex_s=1.1, offset_s=1.2, duration_s=0.2, score=2.0,
+                  au_names=("AU04",), probs=np.zeros(1), present=np.zeros(1, bool), aus="", emotion="")
+    (faces,) = video_warnings(_done(tmp_path, 10.0, 300, faces=3, segments=(seg,),
+                                    face_frames={"face0": 300, "face1": 12, "face2": 200}))
+    assert "3 faces found" in faces and "face1 (0.4 s) tracked too briefly" in faces
+    assert "face2 (6.7 s) tracked with no window" in faces and "face0" not in faces
+
+
+def test_summary_lists_the_warnings(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from au_annotate.records import RunReport
+    from au_annotate.ui import print_summary
+
+    res = _done(tmp_path, 0.3, 9)
+    res = dataclasses.replace(res, warnings=video_warnings(res))
+    console = Console(record=True, width=200)
+    print_summary(RunReport(results=(res,), out_dir=tmp_path, errors=("t.csv: 'x.mp4' is not among the inputs",)),
+                  console)
+    text = console.export_text()
+    assert "warning: " + str(tmp_path / "v.mp4") + ": only 0.30 s of video" in text
+    assert "error: t.csv: 'x.mp4' is not among the inputs" in text and "1 warnings" in text

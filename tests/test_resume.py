@@ -21,7 +21,6 @@ from click.testing import CliRunner
 from synth import PlantedEvent, make_video
 
 from au_annotate.cli import main
-from tests.corpus import local_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS = (PlantedEvent("brow_raise", 0.6, 0.75, 0.95, 2.5), PlantedEvent("lip_corner_pull", 1.6, 1.75, 1.95, 2.5))
@@ -32,11 +31,6 @@ def _clips(folder: Path, n: int, duration_s: float) -> list[Path]:
     return [make_video(folder / ("sub" if i % 2 else "") / f"clip{i}.mp4", fps=30, duration_s=duration_s,
                        size=(320, 240), events=EVENTS, seed=20 + i, head_motion_px=0.8, noise_sigma=1.0).path
             for i in range(n)]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return local_checkpoint(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +178,41 @@ def test_damaged_manifest_is_not_trusted(first_run, videos: Path, weights: str, 
     assert {k: v["key"] for k, v in after["videos"].items()} == {k: v["key"] for k, v in before["videos"].items()}
 
 
+def test_resume_key_covers_file_settings_rules_weights_and_version(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A video is skipped only while its key is unchanged: the file (size, mtime), the result-affecting settings, the
+    rules file's content (not only its path), the weights and the tool version; runtime-only settings do not count."""
+    from pathlib import PurePosixPath
+
+    from au_annotate import manifest
+    from au_annotate.records import VideoJob
+    from au_annotate.settings import DEFAULTS
+
+    video, rules = tmp_path / "v.mp4", tmp_path / "rules.toml"
+    video.write_bytes(b"video")
+    rules.write_text("# rules A\n", encoding="utf-8")
+    job = VideoJob(path=video, rel=PurePosixPath("v.mp4"), out_dir=tmp_path)
+    settings = DEFAULTS.replace(rules=rules)
+    key = manifest.output_key(job, settings, "ab")
+    assert manifest.output_key(job, settings.replace(jobs=3, batch_size=7, quiet=True), "ab") == key
+    changed = {
+        "weights": manifest.output_key(job, settings, "cd"),
+        "settings": manifest.output_key(job, settings.replace(all_aus=True), "ab"),
+        "rules path": manifest.output_key(job, DEFAULTS, "ab"),
+    }
+    rules.write_text("# rules B\n", encoding="utf-8")  # same path, other rules
+    changed["rules content"] = manifest.output_key(job, settings, "ab")
+    rules.write_text("# rules A\n", encoding="utf-8")
+    assert manifest.output_key(job, settings, "ab") == key
+    st = video.stat()
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    changed["file"] = manifest.output_key(job, settings, "ab")
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))
+    monkeypatch.setattr(manifest, "__version__", "0.0.0-other")
+    changed["version"] = manifest.output_key(job, settings, "ab")
+    assert {what: k != key for what, k in changed.items()} == dict.fromkeys(changed, True)
+
+
 def test_failed_videos_are_retried_until_fixed(videos: Path, weights: str, tmp_path: Path) -> None:
     import shutil
 
@@ -220,6 +249,71 @@ def test_sweep_removes_only_our_temporaries(tmp_path: Path) -> None:
     assert sweep_temporaries(out) == 3
     assert not any(p.exists() for p in litter) and all(p.exists() for p in keep)
     assert (outside / ".au-annotate-tmp-keep.csv").exists()  # symlinked folders are not followed
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+from au_annotate.fileio import atomic_open
+with atomic_open(sys.argv[1]) as fh:  # killed mid-write: the temporary stays, the target is never replaced
+    fh.write(sys.stdin.read())
+    fh.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_write(target: Path, text: str) -> None:
+    """Write `target` the way every output is written (fileio.atomic_open) in a process SIGKILLed halfway."""
+    r = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(target)], input=text, text=True, cwd=REPO,
+                       capture_output=True, timeout=60)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    """fileio: a write that raises (a full disk, a bug, Ctrl-C) removes its temporary and leaves the target as it was;
+    only a completed write replaces it."""
+    from au_annotate.fileio import TMP_PREFIX, atomic_open
+
+    target = tmp_path / "clip.segments.csv"
+    target.write_text("old\n", encoding="utf-8")
+    for exc in (OSError("disk full"), KeyboardInterrupt()):
+        with pytest.raises(type(exc)), atomic_open(target) as fh:
+            fh.write("half")
+            raise exc
+        assert target.read_text(encoding="utf-8") == "old\n"
+        assert [p.name for p in tmp_path.iterdir()] == ["clip.segments.csv"]
+    with atomic_open(target) as fh:
+        fh.write("new\n")
+    assert target.read_text(encoding="utf-8") == "new\n" and not list(tmp_path.glob(TMP_PREFIX + "*"))
+
+
+def test_resume_sweeps_the_temporaries_of_a_killed_run(first_run, pristine: Path, videos: Path, weights: str) -> None:
+    """A run killed while writing leaves half-written `.au-annotate-tmp-*` files (and maybe its writability probe)
+    beside outputs it never renamed into place; the next run removes them and ends with the outputs of a clean run."""
+    import tempfile
+
+    from au_annotate.fileio import TMP_PREFIX
+
+    out, _, _ = first_run
+    combined = (out / "segments.csv").read_bytes()
+    for name in ("sub/clip1.segments.csv", "sub/clip1.eaf"):  # this video was being written when the run died
+        text = (out / name).read_text(encoding="utf-8")
+        (out / name).unlink()
+        _killed_write(out / name, text[: len(text) // 2])
+    _killed_write(out / "segments.csv", combined.decode("utf-8")[:100])  # so was the combined CSV
+    os.close(tempfile.mkstemp(prefix=".au-annotate-probe-", dir=out)[0])
+    litter = sorted(p.relative_to(out).as_posix() for p in out.rglob(".au-annotate-*")
+                    if p.name.startswith((TMP_PREFIX, ".au-annotate-probe-")))
+    assert len(litter) == 4 and sum(n.startswith("sub/") for n in litter) == 2, litter
+    assert (out / "segments.csv").read_bytes() == combined  # a killed writer never replaces its target
+    assert not (out / "sub" / "clip1.segments.csv").exists()
+    after = _run(videos, out, weights)
+    assert after["summary"] == {"done": 1, "skipped": 2, "failed": 0, "no_face": 0}
+    assert not [p for p in out.rglob("*") if p.name.startswith((TMP_PREFIX, ".au-annotate-probe-"))]
+    files = sorted(p.relative_to(pristine).as_posix() for p in pristine.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    for rel in files:
+        if rel != "manifest.json":
+            assert _normalised(out / rel) == _normalised(pristine / rel), rel
 
 
 # -- real processes killed midway --------------------------------------------------------------------------------------

@@ -435,3 +435,144 @@ def test_finetune_needs_two_reviewed_videos(run: Run, tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["finetune", str(coder), "--videos", str(run.videos), "-o",
                                     str(tmp_path / "w.pt"), "--weights", run.weights, "--epochs", "1"])
     assert res.exit_code == 1 and "at least 2" in res.output and not (tmp_path / "w.pt").exists()
+
+
+def _one_face_run(tmp_path: Path, spans: list[tuple[float, float]]) -> Path:
+    """A run folder (manifest, segments CSV, EAF) of one face with a micro window per span, each with AU04 (`4`)."""
+    from dataclasses import replace
+    from pathlib import PurePosixPath
+
+    from au_annotate.manifest import Manifest
+    from au_annotate.records import Segment, VideoInfo, VideoJob, VideoResult
+    from au_annotate.writers import WriteContext, write_video_outputs
+
+    segs = tuple(Segment(video="v.mp4", face_id="face0", segment_id=i, kind="micro", onset_frame=round(on * 30),
+                         apex_frame=round((on + off) * 15), offset_frame=round(off * 30), onset_s=on,
+                         apex_s=(on + off) / 2, offset_s=off, duration_s=off - on, score=2.0, au_names=("AU04",),
+                         probs=np.array([0.9], np.float32), present=np.array([True]), aus="4", emotion="")
+                 for i, (on, off) in enumerate(spans))
+    out = tmp_path / "out"
+    out.mkdir()
+    job = VideoJob(path=tmp_path / "v.mp4", rel=PurePosixPath("v.mp4"), out_dir=out)
+    info = VideoInfo(path=job.path, backend="test", width=640, height=480, fps=30.0, n_frames=300, duration_s=10.0)
+    res = VideoResult(job=job, status="done", info=info, segments=segs, frames=300, faces=1)
+    ctx = WriteContext(tool_version="t", model_name="m.pt", model_sha256="ab" * 32, au_names=("AU04",))
+    written = write_video_outputs(res, ctx, ("csv", "eaf"))
+    Manifest(out / "manifest.json").record(replace(res, outputs=written), "key")
+    return out
+
+
+def test_changed_but_unreviewed_windows_count_as_corrected(tmp_path: Path) -> None:
+    """docs/review.md: a window whose code or times the coder changed but whose decision was left `unreviewed` is
+    taken as `corrected` (with a note); the same AUs written another way, or an explicit decision, are kept."""
+    out = _one_face_run(tmp_path, [(1.0, 1.3), (2.0, 2.3), (3.0, 3.3), (4.0, 4.3), (5.0, 5.3)])
+    eaf = pympi.Elan.Eaf(str(out / "v.eaf"))
+    _edit(eaf, CODER_TIER, 1000, "4+7")  # window 0: code changed, decision left unreviewed
+    _edit(eaf, CODER_TIER, 2000, "4", (2000, 2500))  # window 1: offset moved 200 ms, code kept
+    _edit(eaf, CODER_TIER, 3000, "L4")  # window 2: the same AU set written another way
+    _edit(eaf, REVIEW_TIER, 5000, "confirmed")  # window 4: an explicit decision wins over a changed code
+    _edit(eaf, CODER_TIER, 5000, "4+7")
+    pympi.Elan.to_eaf(str(tmp_path / "v.eaf"), eaf)
+    result = import_reviews([tmp_path / "v.eaf"], run=out, coder="carol")
+    assert result.problems == []
+    df = result.table.set_index("window").sort_index()
+    assert list(df["decision"]) == ["corrected", "corrected", "unreviewed", "unreviewed", "confirmed"]
+    assert all("taken as corrected" in n for n in df.loc[[0, 1], "note"])
+    assert list(df.loc[[2, 3, 4], "note"]) == ["", "", ""]
+    assert df.loc[0, "coder_aus"] == "4+7" and df.loc[1, "coder_aus"] == "4" and df.loc[2, "coder_aus"] == "4"
+    assert df.loc[1, "offset_error_ms"] == 200 and df.loc[0, "offset_error_ms"] == 0
+
+
+def test_added_windows_up_to_half_a_second_are_micro(tmp_path: Path) -> None:
+    """A window the coder added is a micro-expression when it lasts up to MICRO_MAX_S (0.5 s, the spotter's default
+    cut), a macro-expression when longer."""
+    from au_annotate.review.importer import MICRO_MAX_S
+
+    assert MICRO_MAX_S == 0.5
+    out = _one_face_run(tmp_path, [(1.0, 1.3)])
+    eaf = pympi.Elan.Eaf(str(out / "v.eaf"))
+    eaf.add_annotation(CODER_TIER, 4000, 4500, "12")  # exactly 0.5 s
+    eaf.add_annotation(CODER_TIER, 6000, 6501, "12")  # 1 ms longer
+    pympi.Elan.to_eaf(str(tmp_path / "v.eaf"), eaf)
+    result = import_reviews([tmp_path / "v.eaf"], run=out)
+    added = result.table[result.table["decision"] == "added"].sort_values("coder_onset_s")
+    assert result.problems == [] and list(added["kind"]) == ["micro", "macro"]
+
+
+def test_min_score_keeps_a_window_scoring_exactly_the_cut(run: Run, tmp_path: Path) -> None:
+    """A study's spotting cut-off leaves out the windows scoring *below* it: a window scoring exactly the cut stays."""
+    segs = read_segments_csv(run.out / "astronaut_demo.segments.csv")
+    micro = segs[segs["kind"] == "micro"].sort_values("score")
+    assert len(micro) >= 2
+    cut = float(micro["score"].iloc[-1])  # the top micro window's score, as the run computed it
+    settings = DEFAULTS.replace(weights=run.weights, quiet=True, jobs=1, min_score={"micro": cut})
+    report = au_annotate.annotate([run.videos / "astronaut_demo.mp4"], tmp_path / "out", settings)
+    kept = [s for s in report.segments if s.kind == "micro"]
+    assert [s.score for s in kept] == [cut]
+
+
+def test_split_holds_out_at_least_one_video() -> None:
+    """The held-out share is at least one video even when `holdout` x videos rounds to 0, and never every video."""
+    from au_annotate.review.finetune import FinetuneError, split_videos
+
+    videos = np.array(["a.mp4", "a.mp4", "b.mp4", "c.mp4"])
+    for holdout in (0.0, 0.1, 0.34, 1.0):
+        train, test = split_videos(videos, holdout, seed=0)
+        held = set(videos[test])
+        assert 1 <= len(held) <= 2 and not held & set(videos[train]) and (train ^ test).all()
+    with pytest.raises(FinetuneError, match="at least 2"):
+        split_videos(np.array(["a.mp4", "a.mp4"]), 0.5, seed=0)
+
+
+def test_held_out_metric_by_hand() -> None:
+    """The fixed metric: macro F1 over the reported AUs at the checkpoint's thresholds (p >= threshold is present); an
+    AU with neither coder positives nor predictions scores 1; unreported AUs do not count."""
+    from au_annotate.review.finetune import held_out_score
+
+    probs = np.array([[0.5, 0.1, 0.9], [0.2, 0.1, 0.9], [0.7, 0.2, 0.9]], np.float32)
+    labels = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 0]], np.float32)
+    thresholds = np.array([0.5, 0.5, 0.5], np.float32)
+    s = held_out_score(probs, labels, thresholds, np.array([True, True, False]))
+    assert s["f1"] == pytest.approx((2 * 1 / (2 * 1 + 1 + 1) + 1.0) / 2)  # AU 0: tp 1, fp 1, fn 1; AU 1: empty -> 1
+    p = np.clip(probs[:, :2], 1e-6, 1 - 1e-6)
+    y = labels[:, :2]
+    assert s["log_loss"] == pytest.approx(float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()), rel=1e-6)
+
+
+def test_finetune_keeps_a_candidate_exactly_as_good_as_the_base(run: Run, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """'Kept only if not worse': a candidate whose held-out F1 equals the base model's is kept (and written)."""
+    import copy
+
+    from au_annotate.review import finetune as ft
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((8, 28, 28, 3)) * 255).astype(np.uint8)
+    videos = np.array(["a.mp4", "a.mp4", "b.mp4", "b.mp4", "c.mp4", "c.mp4", "d.mp4", "d.mp4"])
+
+    def dataset(df: pd.DataFrame, videos_dir: object, au_names: tuple[str, ...], settings: object,
+                problems: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return images, (rng.random((8, len(au_names))) < 0.5).astype(np.float32), videos
+
+    monkeypatch.setattr(ft, "review_dataset", dataset)
+    monkeypatch.setattr(ft, "_train", lambda model, *a, **k: copy.deepcopy(model))  # candidates = the base model
+    out = tmp_path / "same.pt"
+    res = ft.finetune(pd.DataFrame(), run.videos, out, weights=run.weights, cfg=ft.FinetuneConfig(modes=("head",)))
+    assert res.candidates["head"]["f1"] == res.base["f1"]
+    assert res.kept and out.is_file() and ">=" in res.reason
+
+
+def test_a_blink_is_never_a_micro_or_macro_window(run: Run, tmp_path: Path) -> None:
+    """The demo's planted blink (4.2-4.45 s) is spotted as kind `blink`: left out of the outputs by default, written
+    with kind `blink` under spot = {blinks = "label"}, never as a micro- or macro-expression."""
+    blink = (4.2, 4.45)
+    segs = read_segments_csv(run.out / "astronaut_demo.segments.csv")
+    assert set(segs["kind"]) <= {"micro", "macro"}
+    assert not [(a, b) for a, b in zip(segs["onset_s"], segs["offset_s"], strict=True) if a < blink[1] and b > blink[0]]
+    settings = DEFAULTS.replace(weights=run.weights, quiet=True, jobs=1, spot={"blinks": "label"})
+    report = au_annotate.annotate([run.videos / "astronaut_demo.mp4"], tmp_path / "out", settings)
+    labelled = [(s.onset_s, s.offset_s) for s in report.segments if s.kind == "blink"]
+    assert len(labelled) == 1 and labelled[0][0] < blink[1] and labelled[0][1] > blink[0]
+    others = [(s.kind, s.onset_s, s.offset_s) for s in report.segments if s.kind != "blink"]
+    assert others == [(k, pytest.approx(a, abs=1e-6), pytest.approx(b, abs=1e-6))
+                      for k, a, b in zip(segs["kind"], segs["onset_s"], segs["offset_s"], strict=True)]

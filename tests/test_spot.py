@@ -155,6 +155,20 @@ def test_sensitivity_divides_the_threshold_and_scales_the_score() -> None:
     (w,) = found({"sensitivity": 2.0})
     assert 1.0 <= w.score < 2.0, w
 
+    # the same weak movement at sensitivity 1 is a below-threshold peak: kept aside for the report when asked, never
+    # among the windows; a spotter not asked keeps none
+    for keep in (True, False):
+        sp = make_spotter("roi-flow", 30.0, None, near_misses=keep)
+        near: list[Window] = []
+        for f in iter_frames(fps=30.0, duration_s=4.0, size=SIZE, events=weak, noise_sigma=2.0, seed=3):
+            assert all(not x.reason for x in sp.process_frame(f.index, f.pts_s, crop_aligned(f, quantum=2.0)))
+            near += sp.near_misses()
+        assert all(not x.reason for x in sp.flush())
+        near += sp.near_misses()
+        hits = [x for x in near if abs(x.apex - a.apex) <= 3]
+        assert (len(hits) == 1 and hits[0].reason == "below_threshold" and 0.6 <= hits[0].score < 1.0) if keep \
+            else not near, near
+
 
 def test_variable_frame_rate_windows_follow_the_timestamps() -> None:
     """A variable-frame-rate video: nominal 30 fps, but from 1.2 to 2.8 s the frames come at 60 per second (their pts

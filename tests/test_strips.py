@@ -80,11 +80,11 @@ def test_report_shows_strips_and_reasons_within_its_size_bound(run: RunReport) -
     assert len(re.findall(r'<tr class="dropped [a-z]+" data-reason="([a-z_]+)"', page)) == len(res.unreported)
     assert 'data-reason="blink"' in page and REASONS["blink"] in page
     assert page.count('class="preview" role="img"') == len(res.segments) + len(res.unreported)
-    # the pictures are embedded (no file next to the report) and small: about 30-40 KB a window
+    # the pictures are embedded (no file next to the report) and small: about 30 KB a window
     pics = re.findall(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", page)
     assert len(pics) == 2 * (len(res.segments) + len(res.unreported))
     per_window = sum(len(base64.b64decode(p)) for p in pics) / (len(res.segments) + len(res.unreported))
-    assert per_window < 42_000, per_window
+    assert per_window < 35_000, per_window
     assert "score (× threshold)" in page and "1.0 = just reported" in page
 
 

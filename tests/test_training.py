@@ -51,8 +51,10 @@ def _pictures(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
-def _write_dataset(root: Path, n_subjects: int = 4, per_subject: int = 5, missing: bool = True) -> Path:
-    """A samm-flow28-shaped folder: samm.csv (';', CRLF) + flows/sub{S}_{F}.png."""
+def _write_dataset(root: Path, n_subjects: int = 4, per_subject: int = 5, missing: bool = True,
+                   codes_in_order: list[str] | None = None) -> Path:
+    """A samm-flow28-shaped folder: samm.csv (';', CRLF) + flows/sub{S}_{F}.png; `codes_in_order`: the samples'
+    codes one by one (subject by subject) instead of the default cycle."""
     codes = ["4+7", "12", "4", "7B+ref(12)", "(R4 or R12)"]
     rows = ["Subject;Filename;Inducement Code;Onset Frame;Apex Frame;Offset Frame;Duration;Micro;Action Units;"
             "Estimated Emotion;Objective Classes;Notes"]
@@ -62,7 +64,7 @@ def _write_dataset(root: Path, n_subjects: int = 4, per_subject: int = 5, missin
         subj = f"{s + 1:03d}"
         for i in range(per_subject):
             fname = f"{subj}_{i}"
-            code = codes[(s + i) % len(codes)]
+            code = codes_in_order[k] if codes_in_order is not None else codes[(s + i) % len(codes)]
             rows.append(f"{subj};{fname};1;1;2;3;3;Micro - 1/2;{code};Other;1;")
             labels, _ = build_labels([code], ["AU04", "AU07", "AU12"])
             save_flow_png(root / "flows" / f"sub{subj}_{fname}.png", _pictures(labels, seed=k)[0])
@@ -352,6 +354,22 @@ def test_evaluate_and_checkpoint_round_trip(tmp_path: Path) -> None:
     with pytest.raises(TrainConfigError, match="another recipe"):
         train_checkpoint(ds, other, tmp_path / "x.pt", eval_report=js)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_threshold_is_calibrated_from_ten_training_positives(tmp_path: Path) -> None:
+    """docs/au-model.md: `_c` (a usable threshold) only for AUs with >= 10 training positives (CALIBRATED_MIN)."""
+    from au_annotate.training.reliability import CALIBRATED_MIN
+    from au_annotate.weights import load_checkpoint
+
+    assert CALIBRATED_MIN == 10
+    codes = ["4"] * 10 + ["12"] * 9 + ["7"]
+    ds = load_dataset(_write_dataset(tmp_path / "d", missing=False, codes_in_order=codes))
+    assert dict(zip(ds.au_names, ds.labels.sum(0).astype(int).tolist(), strict=True)) == {"AU04": 10, "AU07": 1,
+                                                                                           "AU12": 9}
+    train_checkpoint(ds, TINY, tmp_path / "m.pt")
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    assert dict(zip(loaded.au_names, np.asarray(loaded.calibrated).tolist(), strict=True)) == {
+        "AU04": True, "AU07": False, "AU12": False}
 
 
 def test_train_config_file(tmp_path: Path) -> None:

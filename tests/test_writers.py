@@ -303,7 +303,7 @@ def test_eaf_round_trip_matches_csv(result: VideoResult) -> None:
         start = round(row.onset_s * 1000)
         end = round(row.offset_s * 1000) if row.offset_frame > row.onset_frame else start + round(1000 / 30)
         (s,) = find("segments", start)
-        assert (s[1], s[2]) == (end, f"{row.kind} {row.score:.2f}")
+        assert (s[1], s[2]) == (end, f"{row.kind} {row.score:.2f}×")  # the score as a multiple of the threshold
         assert [a[2] for a in find("AUs", start)] == ([row.aus] if row.aus else [])
         assert [a[2] for a in find("emotion", start)] == ([row.emotion] if row.emotion else [])
         for name in AU_NAMES:
@@ -391,7 +391,7 @@ def test_textgrid_round_trip(result: VideoResult) -> None:
     by_start = {round(e.start * 1000): e for e in segs}
     for s in result.segments:
         e = by_start[round(s.onset_s * 1000)]
-        assert e.label == f"{s.kind} {s.score:.2f}"
+        assert e.label == f"{s.kind} {s.score:.2f}×"
         assert e.end > e.start
     assert [e.label for e in tg.getTier("emotion").entries + tg.getTier("emotion 2").entries] == ["anger", "happiness"]
     assert [e.label for e in tg.getTier("AU14").entries] == ["AU14"]

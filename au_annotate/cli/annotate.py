@@ -68,6 +68,14 @@ def _formats(value: str | None) -> tuple[str, ...] | None:
 @click.option("--gated", type=click.Choice(["drop", "label"]),
               help="Windows explained by head motion, occlusion, lost tracking or lighting: drop = HTML report only "
                    "(with the reason); label = also written, with that quality. Config: spot.gated. [drop]")
+@click.option("--range", "ranges", multiple=True, metavar="START-END",
+              help="Analyse only this time range of every video (seconds or m:ss; repeat for several). Outputs keep "
+                   "the video's own times. [the whole video]")
+@click.option("--ranges", "range_table", type=click.Path(path_type=Path),
+              help="CSV of ranges per video: columns video, start, end (video as in the outputs' video column, or "
+                   "its file name).")
+@click.option("--range-tier", metavar="TIER",
+              help="Ranges from this tier of the ELAN file next to each video (same name, .eaf).")
 @click.option("--faces", help="Which faces to annotate: all, largest, or N (the N largest). [all]")
 @click.option("-j", "--jobs", type=click.IntRange(0), help="Worker processes for videos; 0 = auto (one per two cores). [0]")
 @click.option("--engine", type=click.Choice(["local", "ray"]), help="Where per-video work runs. [local]")
@@ -84,7 +92,7 @@ def annotate(inputs: tuple[Path, ...], out_dir: Path, config_file: Path | None, 
     INPUTS are video files and/or folders (searched recursively). Per video, writes <stem>.segments.csv and <stem>.eaf
     under OUTPUT (mirroring the input layout), plus OUTPUT/segments.csv for all videos.
 
-    Exit codes: 0 all videos processed, 1 some videos failed, 2 usage error (bad option, missing input, no videos,
+    Exit codes: 0 all videos processed, 1 some videos failed (or a range table row names no input), 2 usage error (bad option, missing input, no videos,
     unwritable output or one another run is writing to, unusable weights or rules), 130 interrupted.
     """
     from rich.console import Console
@@ -98,6 +106,7 @@ def annotate(inputs: tuple[Path, ...], out_dir: Path, config_file: Path | None, 
     t_start = time.monotonic()
     err = Console(stderr=True, highlight=False)
     spot = {k: options.pop(k) for k in ("sensitivity", "blinks", "gated")}
+    options["ranges"] = options.get("ranges") or None  # multiple: () when not given
     try:
         settings = build_settings(config_file, formats=_formats(formats), **options)
         given = {k: v for k, v in spot.items() if v is not None}
@@ -128,7 +137,7 @@ def annotate(inputs: tuple[Path, ...], out_dir: Path, config_file: Path | None, 
         sys.exit(EXIT_INTERRUPTED)
     if not settings.quiet:
         print_summary(report, Console(), wall_s=time.monotonic() - t_start)
-    sys.exit(EXIT_FAILED if report.failed else EXIT_OK)
+    sys.exit(EXIT_FAILED if report.failed or report.errors else EXIT_OK)
 
 
 @click.command()

@@ -105,6 +105,13 @@ class _ScriptedSpotter:
     def time_at(self, index: int) -> float | None:
         return self._times.get(index)
 
+    def face_at(self, index: int) -> AlignedFace | None:
+        return next((f for f in self._faces if f.index == index), None)
+
+    def near_misses(self) -> list[Window]:
+        """No detector, so no below-threshold peaks."""
+        return []
+
     def flush(self) -> list[Window]:
         out, self._todo = self._todo, []
         return out
@@ -196,24 +203,26 @@ def _train(model: Any, images: np.ndarray, labels: np.ndarray, n_aus: int, cfg: 
            encoding: str) -> Any:
     """Fine-tune a copy of `model`: only the classification head (`head`) or every weight (`full`). An ensemble's
     members are fine-tuned one by one (seeds seed, seed+1, ...) and stay an ensemble. The loss is on the AU outputs
-    only: in `head` mode an emotion head's weights do not move; in `full` mode the shared backbone does."""
+    only: in `head` mode an emotion head's weights do not move; in `full` mode the shared backbone does. The loop
+    is training's own (``training.train.fit_epochs``: seeded batches, the encoding's flip, no shifts)."""
     import dataclasses
 
     import torch
     import torch.nn.functional as F
 
-    from au_annotate.flow import images_to_input
     from au_annotate.model import HTNetEnsemble
-    from au_annotate.training.train import _deterministic, flip_for
+    from au_annotate.training.train import _deterministic, fit_epochs
 
     if isinstance(model, HTNetEnsemble):
         return HTNetEnsemble([_train(m, images, labels, n_aus, dataclasses.replace(cfg, seed=cfg.seed + k), mode,
                                      encoding) for k, m in enumerate(model.members)])
     model = copy.deepcopy(model)
     rng = np.random.default_rng(cfg.seed)
-    x = torch.from_numpy(images_to_input(images))
-    x_flip = torch.from_numpy(images_to_input(flip_for(encoding)(images))) if cfg.flip else None
     y = torch.from_numpy(labels.astype(np.float32))
+
+    def loss_fn(out: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(out[:, :n_aus], y[idx])
+
     with _deterministic(cfg.seed):
         for p in model.parameters():
             p.requires_grad_(mode == "full")
@@ -222,21 +231,8 @@ def _train(model: Any, images: np.ndarray, labels: np.ndarray, n_aus: int, cfg: 
                 p.requires_grad_(True)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.lr_head if mode == "head" else cfg.lr_full)
-        model.train()
-        n = len(x)
-        for _ in range(cfg.epochs):
-            order = rng.permutation(n)
-            for s in range(0, n, cfg.batch_size):
-                idx = order[s : s + cfg.batch_size]
-                xb = x[idx]
-                if x_flip is not None:
-                    use = torch.from_numpy(rng.random(len(idx)) < 0.5)
-                    xb = torch.where(use[:, None, None, None], x_flip[idx], xb)
-                opt.zero_grad(set_to_none=True)
-                loss = F.binary_cross_entropy_with_logits(model(xb)[:, :n_aus], y[idx])
-                loss.backward()
-                opt.step()
-        model.eval()
+        fit_epochs(model, opt, images, rng, loss_fn, epochs=cfg.epochs, batch_size=cfg.batch_size, flip=cfg.flip,
+                   encoding=encoding)
         for p in model.parameters():
             p.requires_grad_(True)
     return model

@@ -1,8 +1,8 @@
 """Read reviewed `.eaf` files back: the coder's decisions, codes and times, matched to the run's segment table.
 
 What identifies an EAF as ours: the header property `au-annotate:video` (the video's path relative to the input root)
-and the `review` / `AUs (coder)` tiers (au_annotate/review/schema.py). Everything else a coder or ELAN adds (other
-tiers, ANNOTATOR and LANG_REF attributes, CVE_REF on annotations, EAF 3.0 headers, licences) is ignored.
+and the `review` / `AUs (coder)` tiers (au_annotate/writers/review_schema.py). Everything else a coder or ELAN adds
+(other tiers, ANNOTATOR and LANG_REF attributes, CVE_REF on annotations, EAF 3.0 headers, licences) is ignored.
 
 Matching: the tool's windows come from the run's own segment CSV (found through the run's `manifest.json`, next to or
 above the EAF, or the folder given as `run`), not from the EAF, so the scores and probabilities are exact. Per face,
@@ -42,6 +42,7 @@ from au_annotate.writers.review_schema import (
     REVIEW_TIER,
     UNREVIEWED,
 )
+from au_annotate.writers.tiers import span_ms
 
 PROP = "au-annotate:"
 REVIEWED_NAME = "reviewed.csv"
@@ -228,15 +229,6 @@ def parse_coder_code(text: str) -> tuple[str, str]:
         return "", str(e)
 
 
-def _window_ms(onset_s: float, offset_s: float, fps: float) -> tuple[int, int]:
-    """A segment's span in ms, exactly as the EAF writer puts it (au_annotate/writers/tiers.py)."""
-    start = max(0, round(float(onset_s) * 1000))
-    end = round(float(offset_s) * 1000)
-    if end <= start:
-        end = start + max(1, round(1000 / fps) if fps > 0 else 1)
-    return start, end
-
-
 def review_rows(review: EafReview, run: RunVideo) -> tuple[list[dict[str, Any]], list[str]]:
     """The reviewed.csv rows of one EAF (one per tool window and per coder-added window) and its problem lines."""
     problems: list[str] = []
@@ -246,7 +238,7 @@ def review_rows(review: EafReview, run: RunVideo) -> tuple[list[dict[str, Any]],
     faces = list(dict.fromkeys([str(f) for f in df["face_id"]] + [m.face for m in review.review + review.codes]))
     for face in faces:
         seg = df[df["face_id"].astype(str) == face]
-        windows = [_window_ms(r.onset_s, r.offset_s, run.fps) for r in seg.itertuples(index=False)]
+        windows = [span_ms(r.onset_s, r.offset_s, run.fps) for r in seg.itertuples(index=False)]
         marks = [m for m in review.review if m.face == face]
         decided = {wi: marks[mi] for mi, wi in _match(windows, marks).items()}
         codes = [m for m in review.codes if m.face == face]
@@ -309,7 +301,7 @@ def _row(review: EafReview, face: str, run: RunVideo, rec: dict[str, Any] | None
     row["coder_onset_frame"] = round(times[0] / 1000 * run.fps)
     row["coder_offset_frame"] = max(row["coder_onset_frame"], round(times[1] / 1000 * run.fps))
     if rec:  # error against the tool's own ms span (what the EAF showed), coder minus tool
-        start, end = _window_ms(rec["onset_s"], rec["offset_s"], run.fps)
+        start, end = span_ms(rec["onset_s"], rec["offset_s"], run.fps)
         row["onset_error_ms"], row["offset_error_ms"] = times[0] - start, times[1] - end
     else:
         row["onset_error_ms"] = row["offset_error_ms"] = nan

@@ -199,6 +199,8 @@ class _Detector:
 
     def add(self, index: int, t: float, vectors: np.ndarray | None) -> list[tuple[int, float]]:
         """Store step `index`'s motion (its frame at time t); returns (frame, signal) of the steps decided now."""
+        if self._last_t == -math.inf:
+            self.next_c = index  # the stream's first step (a time range starts anywhere in the video)
         self.vec.put(index, vectors)
         self._rising = self._rising and t > self._last_t  # timestamps strictly rising so far: the searches' fast paths
         self._last_t = t

@@ -22,6 +22,7 @@ from au_annotate.spot.windows import WindowBuilder
 
 SignalHook = Callable[[str, int, float], None]  # on_signal("micro" | "macro" | "floor", frame index, value)
 NEAR_MISS = 0.6  # a micro peak that reaches this share of its threshold but not 1.0 is kept aside as below_threshold
+MAX_NEAR = 256  # sub-threshold peaks held until near_misses() takes them (bounded if nobody does)
 FLOOR_EVERY_S = 0.5  # the detection floor is sampled for the report's strip this often
 
 
@@ -49,7 +50,7 @@ class RoiFlowSpotter:
     """The default spotter ("roi-flow"): DIS flow k frames back, landmark ROIs, head-motion removal, adaptive threshold."""
 
     def __init__(self, fps: float, config: SpotConfig | dict[str, Any] | None = None,
-                 on_signal: SignalHook | None = None) -> None:
+                 on_signal: SignalHook | None = None, near_misses: bool = False) -> None:
         if not fps or fps <= 0 or not math.isfinite(fps):
             raise SpotError(f"fps must be positive, got {fps}")
         self.config = cfg = SpotConfig.from_any(config)
@@ -114,7 +115,8 @@ class RoiFlowSpotter:
         self._floor_every = frames(FLOOR_EVERY_S)
         self._floor_next = 0
         self._near_run: list[float] | None = None  # open sub-threshold micro run: [apex frame, value, reached 1.0]
-        self._near: list[Window] = []  # closed sub-threshold peaks, handed out with the next windows
+        self._near: list[Window] = []  # closed sub-threshold peaks, until near_misses() takes them
+        self._keep_near = near_misses  # record them at all (for a report): off, the spotter's state stays as it was
         # the face state around candidate windows (au_annotate.facestate): dense landmarks on demand, cached per frame
         self.states: FaceStateCache | None = None
         if cfg.landmarks == "on":
@@ -225,7 +227,7 @@ class RoiFlowSpotter:
     def _signal(self, det: _Detector, items: list[tuple[int, float]]) -> None:
         """Report each decided sample to `on_signal(detector, frame, value)`: the value its threshold applies to (so
         1.0 is the threshold), and about twice a second the micro detector's current floor (`"floor"`, % of the IOD)."""
-        if det.name == "micro":
+        if det.name == "micro" and self._keep_near:
             for index, value in items:
                 self._near_miss(index, value)
         if self.on_signal is None:
@@ -256,7 +258,7 @@ class RoiFlowSpotter:
                     run[0], run[1] = float(index), value
                 run[2] = max(run[2], float(value >= 1.0))
             return
-        if run is not None and not run[2]:  # closed without reaching the threshold
+        if run is not None and not run[2] and len(self._near) < MAX_NEAR:  # closed without reaching the threshold
             apex = int(run[0])
             self._near.append(Window(onset=max(0, apex - self.k), apex=apex, offset=apex + self.k,
                                      score=round(run[1], 4), kind="micro", reason="below_threshold"))
@@ -344,11 +346,12 @@ SPOTTERS: dict[str, Callable[..., Spotter]] = {"roi-flow": RoiFlowSpotter}
 
 
 def make_spotter(name: str, fps: float, config: SpotConfig | dict[str, Any] | None = None,
-                 on_signal: SignalHook | None = None) -> Spotter:
+                 on_signal: SignalHook | None = None, near_misses: bool = False) -> Spotter:
     """Build a spotter by name ("roi-flow" is the default) for a video of `fps` (nominal) frames per second;
-    `on_signal(detector, frame, value)` gets both detectors' samples (module docstring)."""
+    `on_signal(detector, frame, value)` gets both detectors' samples (module docstring); `near_misses`: keep the
+    sub-threshold peaks for Spotter.near_misses (the report's below_threshold windows)."""
     try:
         cls = SPOTTERS[name]
     except KeyError:
         raise SpotError(f"unknown spotter {name!r}; available: {', '.join(SPOTTERS)}") from None
-    return cls(fps, config, on_signal=on_signal)
+    return cls(fps, config, on_signal=on_signal, near_misses=near_misses)

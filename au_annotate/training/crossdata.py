@@ -16,7 +16,6 @@ regression) and AUC (logistic regression). Emotion: UF1 (mean per-class F1) and 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,10 +28,9 @@ import numpy as np
 from sklearn.model_selection import LeaveOneGroupOut
 from threadpoolctl import threadpool_limits
 
-from au_annotate.fileio import atomic_open
 from au_annotate.training.baselines import fit_logreg
 from au_annotate.training.data import AUDataset
-from au_annotate.training.evaluate import EvaluationError, _fmt, _json_safe, binary_metrics
+from au_annotate.training.evaluate import CsvTable, EvaluationError, binary_metrics, write_metrics
 from au_annotate.training.reliability import CROSS_DATASET
 from au_annotate.training.train import Targets, TrainConfig, emotion_softmax, fit_htnet
 
@@ -148,30 +146,17 @@ class SplitReport:
                 "encoding": self.encoding, "seconds": round(self.seconds, 1), "rule": CROSS_DATASET.describe()}
 
     def write(self, out_dir: str | Path) -> list[Path]:
-        """metrics.csv, emotion_metrics.csv (when the data has emotions), metrics.json, predictions.csv."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = [out / "metrics.csv", out / "metrics.json", out / "predictions.csv"]
-        with atomic_open(paths[0]) as fh:
-            fh.write(",".join(CSV_COLUMNS) + "\n")
-            for r in self.rows:
-                fh.write(",".join(_fmt(r[c]) for c in CSV_COLUMNS) + "\n")
-        with atomic_open(paths[1]) as fh:
-            json.dump(_json_safe(self.to_json()), fh, indent=2)
-            fh.write("\n")
-        with atomic_open(paths[2]) as fh:
-            if self.predictions:
-                cols = list(self.predictions[0])
-                fh.write(",".join(cols) + "\n")
-                for p in self.predictions:
-                    fh.write(",".join(_fmt(p[c]) for c in cols) + "\n")
+        """metrics.csv, metrics.json, predictions.csv, emotion_metrics.csv (when the data has emotions)."""
+        cols = list(self.predictions[0]) if self.predictions else []
+        files: dict[str, CsvTable | dict[str, Any]] = {
+            "metrics.csv": CsvTable(CSV_COLUMNS, [[r[c] for c in CSV_COLUMNS] for r in self.rows]),
+            "metrics.json": self.to_json(),
+            "predictions.csv": CsvTable(cols, [[p[c] for c in cols] for p in self.predictions]),
+        }
         if self.emotion_rows:
-            paths.append(out / "emotion_metrics.csv")
-            with atomic_open(paths[-1]) as fh:
-                fh.write(",".join(EMOTION_COLUMNS) + "\n")
-                for r in self.emotion_rows:
-                    fh.write(",".join(_fmt(r[c]) for c in EMOTION_COLUMNS) + "\n")
-        return paths
+            files["emotion_metrics.csv"] = CsvTable(EMOTION_COLUMNS,
+                                                    [[r[c] for c in EMOTION_COLUMNS] for r in self.emotion_rows])
+        return write_metrics(out_dir, files)
 
 
 def _au_rows(ds: AUDataset, split: str, idx: np.ndarray, s: dict[str, np.ndarray]) -> list[dict[str, Any]]:

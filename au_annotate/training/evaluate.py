@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,28 +173,50 @@ class EvalReport:
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """metrics.csv (long: method, au, metrics), metrics.json, predictions.csv (held-out probabilities)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = [out / "metrics.csv", out / "metrics.json", out / "predictions.csv"]
-        with atomic_open(paths[0]) as fh:
-            fh.write("method,au," + ",".join(METRICS) + "\n")
-            for method, rows in self.tables.items():
-                for r in rows:
-                    fh.write(f"{method},{r['au']}," + ",".join(_fmt(r[m]) for m in METRICS) + "\n")
-                for kind, m in self.macros[method].items():
-                    fh.write(f"{method},macro_{kind},{m['n_aus']}," + ",".join(_fmt(m[k]) for k in METRICS[1:]) + "\n")
-        with atomic_open(paths[1]) as fh:
-            json.dump(_json_safe(self.to_json()), fh, indent=2)
-            fh.write("\n")
-        with atomic_open(paths[2]) as fh:
-            cols = [f"{m}_{au}" for m in ("label", *self.scores) for au in self.au_names]
-            fh.write("sample,subject," + ",".join(cols) + "\n")
-            for i, name in enumerate(self.sample_names):
-                vals = [str(int(v)) for v in self.labels[i]] if self.labels is not None else []
-                for m in self.scores:
-                    vals += [f"{v:.6f}" for v in self.scores[m][i]]
-                fh.write(f"{name},{self.subjects[i]}," + ",".join(vals) + "\n")
-        return paths
+        metrics: list[list[Any]] = []
+        for method, rows in self.tables.items():
+            metrics += [[method, r["au"], *(r[m] for m in METRICS)] for r in rows]
+            metrics += [[method, f"macro_{kind}", m["n_aus"], *(m[k] for k in METRICS[1:])]
+                        for kind, m in self.macros[method].items()]
+        cols = [f"{m}_{au}" for m in ("label", *self.scores) for au in self.au_names]
+        predictions: list[list[Any]] = []
+        for i, name in enumerate(self.sample_names):
+            vals = [str(int(v)) for v in self.labels[i]] if self.labels is not None else []
+            for m in self.scores:
+                vals += [f"{v:.6f}" for v in self.scores[m][i]]
+            predictions.append([name, self.subjects[i], *vals])
+        return write_metrics(out_dir, {"metrics.csv": CsvTable(("method", "au", *METRICS), metrics),
+                                       "metrics.json": self.to_json(),
+                                       "predictions.csv": CsvTable(("sample", "subject", *cols), predictions)})
+
+
+@dataclass(frozen=True)
+class CsvTable:
+    """One CSV file of a metrics report: its header (none written when empty) and its rows of values."""
+
+    columns: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+
+
+def write_metrics(out_dir: str | Path, files: Mapping[str, CsvTable | Mapping[str, Any]]) -> list[Path]:
+    """The one writer of evaluation reports (``evaluate`` and ``crossdata``): each named file atomically, in order; a
+    CsvTable as CSV (floats to 4 decimals, NaN empty), a dict as indented JSON (NaN -> null). Returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, content in files.items():
+        path = out / name
+        with atomic_open(path) as fh:
+            if isinstance(content, CsvTable):
+                if content.columns:
+                    fh.write(",".join(content.columns) + "\n")
+                for row in content.rows:
+                    fh.write(",".join(_fmt(v) for v in row) + "\n")
+            else:
+                json.dump(_json_safe(content), fh, indent=2)
+                fh.write("\n")
+        paths.append(path)
+    return paths
 
 
 def _fmt(v: Any) -> str:

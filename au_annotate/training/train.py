@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 from au_annotate.aus import emotion_softmax  # noqa: F401  (re-exported: evaluation and annotate share it)
 from au_annotate.errors import check_keys
+from au_annotate.fileio import load_toml
 from au_annotate.flow import HTNET_ENCODING, SEED_ENCODING, TVL1_METHOD, flip_uv_strain, images_to_input
 from au_annotate.model import HTNet, HTNetConfig
 from au_annotate.training.folds import inner_folds, select_thresholds
@@ -124,12 +124,7 @@ class TrainConfig:
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read a TOML recipe: top-level keys or a ``[train]`` table, plus an optional ``[model]`` table."""
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainConfigError(f"{p}: config file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TrainConfigError(f"{p}: not valid TOML ({exc})") from exc
+    data = load_toml(p, TrainConfigError)
     values = dict(data.get("train", {}))
     values.update({k: v for k, v in data.items() if k not in ("train", "model")})
     if "model" in data:
@@ -223,6 +218,41 @@ def flip_for(encoding: str) -> Callable[[np.ndarray], np.ndarray]:
     raise ValueError(f"unknown flow encoding {encoding!r}")
 
 
+def fit_epochs(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, images: np.ndarray, rng: np.random.Generator,
+    loss_fn: Callable[[torch.Tensor, np.ndarray], torch.Tensor], *, epochs: int, batch_size: int, flip: bool,
+    encoding: str, translate: int = 0, progress: ProgressFn | None = None,
+) -> None:
+    """The one training loop (train_model and the review's fine-tuning): per epoch a seeded order of mini-batches,
+    each sample mirrored with p = 0.5 (``flip_for(encoding)``) and shifted by up to `translate` pixels, then one
+    optimiser step on ``loss_fn(outputs, batch indices)``. Leaves the model in eval mode.
+
+    Random draws come from `rng` in a fixed order (order, flips, shifts), so the same inputs give the same weights."""
+    x = torch.from_numpy(images_to_input(images))
+    x_flip = torch.from_numpy(images_to_input(flip_for(encoding)(images))) if flip else None
+    n = len(x)
+    steps = math.ceil(n / batch_size)
+    model.train()
+    for epoch in range(epochs):
+        order = rng.permutation(n)
+        for s in range(steps):
+            idx = order[s * batch_size : (s + 1) * batch_size]
+            xb = x[idx]
+            if x_flip is not None:
+                use = torch.from_numpy(rng.random(len(idx)) < 0.5)
+                xb = torch.where(use[:, None, None, None], x_flip[idx], xb)
+            if translate:
+                t = translate
+                xb = _shift(xb, rng.integers(-t, t + 1, len(idx)), rng.integers(-t, t + 1, len(idx)), t)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), idx)
+            loss.backward()
+            opt.step()
+        if progress is not None:
+            progress(epoch + 1, epochs)
+    model.eval()
+
+
 def train_model(
     images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, *, seed: int | None = None,
     progress: ProgressFn | None = None, targets: Targets = NO_TARGETS, encoding: str = SEED_ENCODING,
@@ -235,8 +265,6 @@ def train_model(
         raise ValueError(f"need matching non-empty images and labels, got {len(images)} and {len(labels)}")
     seed = cfg.seed if seed is None else seed
     rng = np.random.default_rng(seed)
-    x = torch.from_numpy(images_to_input(images))
-    x_flip = torch.from_numpy(images_to_input(flip_for(encoding)(images))) if cfg.flip else None
     mask_np = targets.mask(len(images))
     y = torch.from_numpy(labels.astype(np.float32))
     if cfg.label_smoothing:
@@ -246,38 +274,23 @@ def train_model(
     emo = torch.from_numpy(np.asarray(targets.emotions, np.int64)) if n_emo else None
     pos_weight = _pos_weight(labels[mask_np], cfg) if mask_np.any() else None
     k = labels.shape[1]
-    n = len(x)
-    steps = math.ceil(n / cfg.batch_size)
+
+    def loss_fn(out: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        m = au_mask[idx]
+        bce = F.binary_cross_entropy_with_logits(out[:, :k], y[idx], pos_weight=pos_weight, reduction="none")
+        loss = (bce.mean(1) * m).sum() / m.sum().clamp(min=1.0)
+        if emo is not None:
+            e = emo[idx]
+            known = e >= 0
+            if bool(known.any()):
+                loss = loss + cfg.emotion_weight * F.cross_entropy(out[known, k:], e[known])
+        return loss
+
     with _deterministic(seed):
         model = HTNet.from_config(cfg.model_config(k + n_emo))
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        model.train()
-        for epoch in range(cfg.epochs):
-            order = rng.permutation(n)
-            for s in range(steps):
-                idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-                xb = x[idx]
-                if x_flip is not None:
-                    use = torch.from_numpy(rng.random(len(idx)) < 0.5)
-                    xb = torch.where(use[:, None, None, None], x_flip[idx], xb)
-                if cfg.translate:
-                    t = cfg.translate
-                    xb = _shift(xb, rng.integers(-t, t + 1, len(idx)), rng.integers(-t, t + 1, len(idx)), t)
-                opt.zero_grad(set_to_none=True)
-                out = model(xb)
-                m = au_mask[idx]
-                bce = F.binary_cross_entropy_with_logits(out[:, :k], y[idx], pos_weight=pos_weight, reduction="none")
-                loss = (bce.mean(1) * m).sum() / m.sum().clamp(min=1.0)
-                if emo is not None:
-                    e = emo[idx]
-                    known = e >= 0
-                    if bool(known.any()):
-                        loss = loss + cfg.emotion_weight * F.cross_entropy(out[known, k:], e[known])
-                loss.backward()
-                opt.step()
-            if progress is not None:
-                progress(epoch + 1, cfg.epochs)
-        model.eval()
+        fit_epochs(model, opt, images, rng, loss_fn, epochs=cfg.epochs, batch_size=cfg.batch_size, flip=cfg.flip,
+                   encoding=encoding, translate=cfg.translate, progress=progress)
     return model
 
 

@@ -1,6 +1,6 @@
 """CSV output: one row per segment, stable column names, metadata in `#` comment lines at the top.
 
-Format (documented in the README, tested in tests/test_writers.py):
+Format (documented in the README and, column by column, in docs/reference.md; tested in tests/test_writers.py):
 
 - UTF-8, `\\n` line ends, `,` separator. Lines starting with `#` before the header hold the metadata (tool version,
   model name and sha256, the video, the settings as JSON): read with ``pandas.read_csv(path, comment="#")`` or R's
@@ -53,6 +53,8 @@ def _header_lines(ctx: WriteContext, extra: Sequence[tuple[str, str]]) -> list[s
         _comment("model", ctx.model_name),
         _comment("model_sha256", ctx.model_sha256),
         _comment("created", utc_now()),
+        _comment("score", "the spotting signal at the apex as a multiple of the threshold the window was held to (1.0 = "
+                          "just reported)"),
     ]
     lines += [_comment(k, v) for k, v in extra]
     lines.append(_comment("settings", settings_json(ctx)))

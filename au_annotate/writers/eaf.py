@@ -11,7 +11,7 @@
   `au_tiers` one tier per AU in the model's order (`AU04`, value `AU04`, where that AU is present). The `AU` and
   `emotion` tiers have linguistic types bound to controlled vocabularies (AU names with FACS descriptions; emotions).
   Tier PARTICIPANT = face id.
-- Review tiers for a FACS coder (au_annotate/review/schema.py), per face and lane like the others: `review`
+- Review tiers for a FACS coder (au_annotate/writers/review_schema.py), per face and lane like the others: `review`
   (controlled vocabulary unreviewed / confirmed / corrected / rejected, `unreviewed` on every window) and
   `AUs (coder)` (free text prefilled with the tool's code; read back by `au-annotate review-import`).
 - Header properties `au-annotate:tool_version`, `:model_name`, `:model_sha256`, `:settings` (JSON), `:created`,
@@ -31,7 +31,7 @@ from au_annotate.fileio import atomic_open
 from au_annotate.records import VideoResult
 from au_annotate.writers.base import TOOL_NAME, WriteContext, Writer, au_names_of, run_metadata, settings_json
 from au_annotate.writers.review_schema import CODER_TIER, DECISIONS, REVIEW_CV, REVIEW_LINGTYPE, REVIEW_TIER, UNREVIEWED
-from au_annotate.writers.tiers import au_description, plan_video, segment_label, tier_name
+from au_annotate.writers.tiers import au_description, plan_video, segment_label, span_ms, tier_name
 
 MIME_TYPES: dict[str, str] = {
     ".mp4": "video/mp4",
@@ -47,6 +47,7 @@ MIME_TYPES: dict[str, str] = {
     ".flv": "video/x-flv",
     ".wav": "audio/x-wav",
 }
+RANGES_TIER = "analysed ranges"  # the time ranges analysed (--range, --ranges, --range-tier); absent = the whole video
 BASIC_EMOTIONS = ("happiness", "sadness", "surprise", "fear", "anger", "disgust", "contempt")
 LANG_ID = "eng"
 LANG_DEF = "http://cdb.iso.org/lg/CDB-00138502-001"
@@ -116,7 +117,7 @@ def build_eaf(result: VideoResult, eaf_path: Path, ctx: WriteContext) -> pympi.E
     _add_cv_type(eaf, "emotion", "emotions", [(e, "") for e in emotions])
     if ctx.au_tiers:
         _add_cv_type(eaf, "AU", "AUs", [(n, au_description(n)) for n in au_names])
-    _add_cv_type(eaf, REVIEW_LINGTYPE, REVIEW_CV, list(DECISIONS))  # coder review (au_annotate/review/schema.py)
+    _add_cv_type(eaf, REVIEW_LINGTYPE, REVIEW_CV, list(DECISIONS))  # coder review (au_annotate/writers/review_schema.py)
 
     fps = result.info.fps if result.info is not None else None
     faces, lanes, spans = plan_video(segments, fps)
@@ -155,6 +156,11 @@ def build_eaf(result: VideoResult, eaf_path: Path, ctx: WriteContext) -> pympi.E
             for name, present in zip(s.au_names, s.present, strict=True):
                 if bool(present):
                     eaf.add_annotation(tier_name(name, face, span.lane, multi), *t, value=name)
+    if result.job.ranges:  # what was analysed: outputs keep the video's own time axis
+        eaf.add_linguistic_type("range")
+        eaf.add_tier(RANGES_TIER, ling="range")
+        for a, b in result.job.ranges:
+            eaf.add_annotation(RANGES_TIER, *span_ms(a, b, fps), value="analysed")
     eaf.add_property("lastUsedAnnotation", eaf.maxaid)
     return eaf
 

@@ -24,6 +24,9 @@ from au_annotate.writers.base import LEAD_COLUMNS, WriteContext, Writer, au_name
 SCHEMA = "au-annotate/segments-v1"
 
 
+SCORE_UNIT = "multiple of the spotting threshold the window was held to (1.0 = just reported)"
+
+
 def segment_dict(s: Segment) -> dict[str, Any]:
     """One segment as a JSON object (the CSV's values, with probabilities keyed by AU name)."""
     out: dict[str, Any] = {c: getattr(s, c) for c in LEAD_COLUMNS}  # `video` first, as in the CSV
@@ -68,8 +71,11 @@ def video_document(result: VideoResult, ctx: WriteContext) -> dict[str, Any]:
                 "elapsed_s": result.elapsed_s,
                 # how small a movement each face's spotter could see, in % of the eye distance (records.DetectionFloor)
                 "detection_floor": {fid: f.as_dict() for fid, f in result.floors.items()},
+                "ranges": [list(r) for r in result.job.ranges],  # analysed time ranges in s; [] = the whole video
+                "warnings": list(result.warnings),
             }
         ),
+        "score_unit": SCORE_UNIT,
         "au_names": list(au_names_of(result.segments, ctx.au_names)),
         "segments": [segment_dict(s) for s in result.segments],
     }

@@ -518,7 +518,7 @@ def _segment_row(s: Segment) -> str:
     flow = ""
     if s.flow_image is not None:
         flow = f'<img class="flow" alt="flow #{s.segment_id}" width="{28 * FLOW_SCALE}" src="{_array_png(s.flow_image, FLOW_SCALE)}">'
-    crop = getattr(s, "apex_crop", None)
+    crop = getattr(s, "apex_crop", None) if s.strip is None else None  # the strip shows the apex already
     if crop is not None:
         crop = f'<img class="crop" alt="apex #{s.segment_id}" width="112" src="{_array_png(crop)}">'
     num = 'class="num"'

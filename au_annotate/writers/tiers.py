@@ -50,14 +50,21 @@ class Span:
     lane: int
 
 
-def segment_ms(segment: Segment, fps: float | None) -> tuple[int, int]:
-    """Start and end of a segment in ms from its real timestamps, never zero-length."""
-    start = max(0, round(segment.onset_s * 1000))
-    end = round(segment.offset_s * 1000)
+def span_ms(onset_s: float, offset_s: float, fps: float | None) -> tuple[int, int]:
+    """The one seconds -> ELAN ms rule: start = round(onset_s * 1000) (never below 0), end = round(offset_s * 1000),
+    and an end not after the start moves one frame (1000 / fps ms, at least 1 ms) past it. The EAF and TextGrid
+    writers place annotations by it and the review importer matches the coder's annotations by it."""
+    start = max(0, round(float(onset_s) * 1000))
+    end = round(float(offset_s) * 1000)
     if end <= start:
         frame_ms = round(1000 / fps) if fps and fps > 0 else 1
         end = start + max(1, frame_ms)
     return start, end
+
+
+def segment_ms(segment: Segment, fps: float | None) -> tuple[int, int]:
+    """Start and end of a segment in ms from its real timestamps, never zero-length (``span_ms``)."""
+    return span_ms(segment.onset_s, segment.offset_s, fps)
 
 
 def plan_spans(segments: Sequence[Segment], fps: float | None) -> list[Span]:
@@ -103,5 +110,5 @@ def plan_video(segments: Sequence[Segment], fps: float | None) -> tuple[list[str
 
 
 def segment_label(segment: Segment) -> str:
-    """The value on the `segments` tier: kind and spotting score, e.g. `micro 0.83`."""
-    return f"{segment.kind} {segment.score:.2f}"
+    """The value on the `segments` tier: kind and spotting score as a multiple of the threshold, e.g. `micro 2.31×`."""
+    return f"{segment.kind} {segment.score:.2f}×"
