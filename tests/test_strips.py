@@ -86,6 +86,10 @@ def test_report_shows_strips_and_reasons_within_its_size_bound(run: RunReport) -
     per_window = sum(len(base64.b64decode(p)) for p in pics) / (len(res.segments) + len(res.unreported))
     assert per_window < 35_000, per_window
     assert "score (× threshold)" in page and "1.0 = just reported" in page
+    for seg in res.segments:  # the model's own emotion beside the FACS rule's, and the quality/context column
+        if seg.emotion_model:
+            assert f"model: {seg.emotion_model} {seg.emotion_model_p:.2f}" in page
+    assert "quality / context" in page
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")

@@ -452,7 +452,8 @@ def _bars_html(s: Segment) -> str:
 
 STRIP_LABELS = ("onset", "", "apex", "", "offset")
 SEGMENT_HEAD = ("#", "face", "kind", "onset s / frame", "apex s / frame", "offset s / frame", "duration s",
-                "score (× threshold)", "quality / context", "AUs", "emotion", "rule", "AU probabilities",
+                "score (× threshold)", "quality / context", "AUs", "emotion (FACS rule; model)", "rule",
+                "AU probabilities",
                 "flow (onset→apex), apex")
 DROPPED_HEAD = ("face", "kind", "onset s / frame", "apex s / frame", "offset s / frame", "score (× threshold)",
                 "why not reported", "context", "regions")
@@ -530,7 +531,10 @@ def _segment_row(s: Segment) -> str:
         f'<td {num} data-v="{s.offset_s}">{s.offset_s:.3f}<br><span class="muted">{s.offset_frame}</span></td>'
         f"<td {num}>{s.duration_s:.3f}</td><td {num}>{s.score:.2f}</td>"
         f'<td>{_e(s.quality)}<br><span class="muted">{_e(s.context)}</span></td>'
-        f'<td class="mono">{_e(s.aus)}</td><td>{_e(s.emotion)}</td><td class="muted">{_e(s.rule)}</td>'
+        f'<td class="mono">{_e(s.aus)}</td><td>{_e(s.emotion)}'
+        + (f'<br><span class="muted" title="the model\'s own 3-class emotion">model: {_e(s.emotion_model)} '
+           f'{s.emotion_model_p:.2f}</span>' if s.emotion_model else "")
+        + f'</td><td class="muted">{_e(s.rule)}</td>'
         f"<td>{_bars_html(s)}</td><td>{flow}{crop or ''}</td></tr>"
         + (f'<tr class="pair" data-segment-id="{s.segment_id}"><td></td><td colspan="{len(SEGMENT_HEAD) - 1}">'
            f"{_strip_html(s.strip, f'segment {s.segment_id}')}</td></tr>" if s.strip is not None else "")
