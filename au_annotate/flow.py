@@ -126,14 +126,40 @@ def htnet_region(crop: np.ndarray, region: tuple[float, float] = HTNET_REGION) -
     return crop[y0 : y0 + side, x0 : x0 + side]
 
 
-def tvl1_flow(onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
-    """Dual TV-L1 flow (H, W, 2) float32 onset -> apex with OpenCV's defaults (needs opencv-contrib: cv2.optflow)."""
+@dataclass(frozen=True)
+class TVL1Params:
+    """How the product computes HTNet's TV-L1 flow: the inner face square resized to `side` px (None: as cropped), and
+    the solver's pyramid scales, warps and iterations (OpenCV's defaults: 5, 5, 10 x 30). The channels are min-max
+    scaled per picture, so the square's size does not change their scale (benchmarks/tvl1_cost.py, docs/au-model.md)."""
+
+    side: int | None = None
+    scales: int = 5
+    warps: int = 5
+    outer: int = 10
+    inner: int = 30
+
+    def create(self) -> Any:
+        optflow = getattr(cv2, "optflow", None)
+        if optflow is None:
+            raise RuntimeError("TV-L1 flow needs opencv-contrib-python-headless (cv2.optflow is missing)")
+        return optflow.DualTVL1OpticalFlow_create(nscales=self.scales, warps=self.warps, innnerIterations=self.inner,
+                                                  outerIterations=self.outer)
+
+
+OPENCV_TVL1 = TVL1Params()  # OpenCV's defaults on the square as cropped (150 px of a 224 crop)
+PRODUCT_TVL1 = OPENCV_TVL1  # what annotate uses
+
+
+def tvl1_flow(onset: np.ndarray, apex: np.ndarray, params: TVL1Params = OPENCV_TVL1) -> np.ndarray:
+    """Dual TV-L1 flow (H, W, 2) float32 onset -> apex (needs opencv-contrib: cv2.optflow); `params.side` resizes both
+    images to that square first."""
     if onset.shape != apex.shape or onset.ndim != 2:
         raise ValueError(f"onset and apex must be 2-D grayscale images of one shape, got {onset.shape} and {apex.shape}")
-    optflow = getattr(cv2, "optflow", None)
-    if optflow is None:
-        raise RuntimeError("TV-L1 flow needs opencv-contrib-python-headless (cv2.optflow is missing)")
-    return optflow.DualTVL1OpticalFlow_create().calc(onset, apex, None)
+    if params.side is not None and onset.shape != (params.side, params.side):
+        size = (params.side, params.side)
+        onset = cv2.resize(onset, size, interpolation=cv2.INTER_AREA)
+        apex = cv2.resize(apex, size, interpolation=cv2.INTER_AREA)
+    return params.create().calc(onset, apex, None)
 
 
 def optical_strain(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -161,9 +187,10 @@ def encode_uv_strain(flow: np.ndarray, size: int = PICTURE_SIZE) -> np.ndarray:
     return np.clip(np.round(np.stack(chans, axis=-1)), 0, 255).astype(np.uint8)
 
 
-def htnet_picture(onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
-    """TV-L1 onset -> apex on the inner face region of the aligned crops, then HTNet's u/v/strain encoding (28x28)."""
-    return encode_uv_strain(tvl1_flow(htnet_region(onset), htnet_region(apex)))
+def htnet_picture(onset: np.ndarray, apex: np.ndarray, params: TVL1Params | None = None) -> np.ndarray:
+    """TV-L1 onset -> apex on the inner face region of the aligned crops, then HTNet's u/v/strain encoding (28x28);
+    `params` None: the product's (PRODUCT_TVL1)."""
+    return encode_uv_strain(tvl1_flow(htnet_region(onset), htnet_region(apex), params or PRODUCT_TVL1))
 
 
 def flip_uv_strain(images: np.ndarray) -> np.ndarray:

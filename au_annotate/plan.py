@@ -73,7 +73,10 @@ def plan_run(paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike
         raise AnnotateError(str(e)) from None
     ctx = WriteContext(tool_version=__version__, model_name=model.name, model_sha256=model.sha256,
                        settings=settings.as_dict(), au_tiers=settings.au_tiers, au_names=model.decoder.au_names,
-                       uncalibrated=model.decoder.uncalibrated)
+                       uncalibrated=model.decoder.uncalibrated,
+                       thresholds=tuple((au, round(float(t), 6)) for au, t in zip(model.decoder.au_names,
+                                                                                   model.decoder.thresholds, strict=True)
+                                        if au not in model.decoder.uncalibrated))
     return RunPlan(paths=tuple(str(p) for p in paths), out=out, settings=settings, found=found, model=model,
                    engine=engine, ctx=ctx, errors=tuple(errors))
 

@@ -35,6 +35,7 @@ class ModelBundle:
     emotion_classes: tuple[str, ...] = ()  # the model's emotion outputs, after its AU outputs; () = none
     n_aus: int = 0  # AU outputs of the model (the emotion outputs follow)
     min_score: float | dict[str, float] | None = None  # settings.min_score: spotting cut-off (None = none)
+    emotion_bar: float | None = None  # the model emotion is "uncertain" below this probability (None: never)
 
 
 def load_model(settings: Settings) -> ModelBundle:
@@ -51,7 +52,14 @@ def load_model(settings: Settings) -> ModelBundle:
     min_score_for(settings.min_score, "micro")  # a bad value fails the run before it starts (ValueError)
     return ModelBundle(runner=runner, decoder=decoder, rules=RuleSet.load(settings.rules), name=loaded.name,
                        sha256=loaded.sha256, input_layout=loaded.input_layout, input_encoding=loaded.input_encoding,
-                       emotion_classes=loaded.emotion_classes, n_aus=loaded.n_aus, min_score=settings.min_score)
+                       emotion_classes=loaded.emotion_classes, n_aus=loaded.n_aus, min_score=settings.min_score,
+                       emotion_bar=_emotion_bar(loaded.meta))
+
+
+def _emotion_bar(meta: dict) -> float | None:
+    """The checkpoint's emotion bar (meta.training.emotion_bar, chosen in inner folds), None when it has none."""
+    bar = (meta.get("training") or {}).get("emotion_bar")
+    return float(bar) if isinstance(bar, int | float) and not isinstance(bar, bool) else None
 
 
 def min_score_for(min_score: float | dict[str, float] | None, kind: str) -> float:
@@ -72,6 +80,9 @@ def min_score_for(min_score: float | dict[str, float] | None, kind: str) -> floa
     return float(value)
 
 
+UNCERTAIN = "uncertain"  # the model emotion below its bar (ModelBundle.emotion_bar)
+
+
 def build_segments(work: VideoWork, probs: np.ndarray, model: ModelBundle) -> tuple[Segment, ...]:
     """One Segment per flow sample: its window, times, reported AUs (probability, presence, code) and emotion."""
     if model.min_score is not None:  # a study's calibrated spotting threshold: weaker windows are not reported
@@ -86,10 +97,16 @@ def build_segments(work: VideoWork, probs: np.ndarray, model: ModelBundle) -> tu
     emo = emotion_softmax(probs[:, k:]) if model.emotion_classes else None
     out = []
     for i, (s, code) in enumerate(zip(work.samples, codes, strict=True)):
-        emotion, rule = model.rules.match(active_aus(model.decoder.au_names, present[i]))
-        e_name, e_p = ("", float("nan")) if emo is None else (model.emotion_classes[int(emo[i].argmax())],
-                                                               float(emo[i].max()))
         w = s.window
+        if w.kind != "micro":  # trained on micro-expression apex flow only: probabilities, no decisions (README)
+            present[i] = False
+            code = ""
+        emotion, rule = model.rules.match(active_aus(model.decoder.au_names, present[i]))
+        e_name, e_p = "", float("nan")
+        if emo is not None and w.kind == "micro" and w.quality == "ok":  # the model's class only where it was trained
+            e_p = float(emo[i].max())
+            sure = model.emotion_bar is None or e_p >= model.emotion_bar
+            e_name = model.emotion_classes[int(emo[i].argmax())] if sure else UNCERTAIN
         out.append(Segment(
             video=work.job.rel.as_posix(), face_id=s.face_id, segment_id=i, kind=w.kind,
             onset_frame=w.onset, apex_frame=w.apex, offset_frame=w.offset,

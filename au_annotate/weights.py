@@ -299,6 +299,10 @@ def save_checkpoint(
             full_meta[key] = {**full_meta[key], **value}
         else:
             full_meta[key] = value
+    training = full_meta.setdefault("training", {})
+    if isinstance(training, dict) and not training.get("reliable_rule"):  # every checkpoint says how its AUs were chosen
+        training["reliable_rule"] = ("no rule: every AU reported" if reliable is None else
+                                     "no rule stated: the reliable AUs were set by the writer of this checkpoint")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -394,6 +398,10 @@ def load_checkpoint(path: str | os.PathLike[str], *, au_order: str | None = None
         thresholds = _vector(obj["thresholds"], len(names), np.float32, 0.5, "thresholds", path)
         reliable = _vector(obj["reliable"], len(names), bool, True, "reliable", path)
         meta = dict(obj["meta"] or {})
+        rule = (meta.get("training") or {}).get("reliable_rule")
+        if not isinstance(rule, str) or not rule.strip():
+            raise WeightsError(f"{path}: checkpoint lacks the rule that chose its reported AUs "
+                               "(meta.training.reliable_rule); write it with `au-annotate train`")
         encoding = (meta.get("input") or {}).get("encoding", SEED_ENCODING)
         if encoding not in ENCODINGS:
             raise WeightsError(f"{path}: the checkpoint's flow encoding {encoding!r} is unknown to this au-annotate "

@@ -24,7 +24,7 @@ from au_annotate.flow import (
 )
 from au_annotate.training.crossdata import CSV_COLUMNS, EMOTION_COLUMNS, emotion_metrics, evaluate_splits
 from au_annotate.training.data import DatasetError, load_composite
-from au_annotate.training.reliability import CROSS_DATASET, CrossDatasetRule
+from au_annotate.training.reliability import KAPPA_RULE, KappaRule
 from au_annotate.training.train import TrainConfig, train_checkpoint
 from au_annotate.weights import WeightsError, load_checkpoint
 
@@ -145,27 +145,51 @@ def test_emotion_metrics_and_softmax() -> None:
     assert np.allclose(got, torch.softmax(logits, 1).numpy(), atol=1e-5)
 
 
-def _report(loso_auc: float, lodo_auc: float, lodo_pos: int, f1: float = 0.6) -> dict:
-    rows = [{"au": "AU04", "split": "loso", "positives": 40, "f1": f1, "f1_allpos": 0.25, "auc": loso_auc},
+def _report(loso_auc: float = 0.8, lodo_auc: float = 0.72, lodo_pos: int = 20, kappa: float = 0.45,
+            positives: int = 15) -> dict:
+    """One AU just passing every condition of the kappa rule by default; each argument moves one condition."""
+    rows = [{"au": "AU04", "split": "loso", "positives": positives, "f1": 0.3, "f1_allpos": 0.25, "auc": loso_auc,
+             "kappa": kappa},
             {"au": "AU04", "split": "samm->casme2", "positives": lodo_pos, "f1": 0.5, "f1_allpos": 0.2,
-             "auc": lodo_auc},
-            {"au": "AU04", "split": "casme2->samm", "positives": 20, "f1": 0.5, "f1_allpos": 0.2, "auc": 0.9}]
-    return {"au_names": ["AU04"], "rows": rows, "train_positives": {"AU04": 40}}
+             "auc": lodo_auc, "kappa": 0.3},
+            {"au": "AU04", "split": "casme2->samm", "positives": 20, "f1": 0.5, "f1_allpos": 0.2, "auc": 0.9,
+             "kappa": 0.3}]
+    return {"au_names": ["AU04"], "rows": rows, "train_positives": {"AU04": positives}}
 
 
-def test_cross_dataset_rule() -> None:
-    """Every condition decides; a LODO direction with < 8 test positives is not judged; the text has the numbers."""
-    assert CROSS_DATASET.apply(_report(0.8, 0.72, 20)) == ["AU04"]
-    assert CROSS_DATASET.apply(_report(0.74, 0.9, 20)) == []  # pooled LOSO AUC
-    assert CROSS_DATASET.apply(_report(0.8, 0.6, 20)) == []  # LODO AUC in a judged direction
-    assert CROSS_DATASET.apply(_report(0.8, 0.6, 7)) == ["AU04"]  # that direction has too few positives
-    assert CROSS_DATASET.apply(_report(0.8, 0.9, 20, f1=0.49)) == []  # < 2x all-positive F1
-    text = CrossDatasetRule().describe()
-    for part in (">= 15", "0.75", "2x", "0.7", ">= 8 positives"):
-        assert part in text
+OK_RATIO = {"AU04": 2.0}
+
+
+def test_kappa_rule_passes_an_au_at_every_bound() -> None:
+    """At each bound exactly (>= 15 positives, AUC 0.75, kappa 0.40, LODO AUC 0.70, ratio 2.0) the AU is reported; the
+    F1 against the all-positive F1 is no longer a condition (0.3 vs 0.25 here)."""
+    assert KAPPA_RULE.apply(_report(loso_auc=0.75, lodo_auc=0.70, kappa=0.40, positives=15), OK_RATIO) == ["AU04"]
+
+
+@pytest.mark.parametrize(("case", "report", "ratio"), [
+    ("support", _report(positives=14), OK_RATIO),
+    ("loso_auc", _report(loso_auc=0.749), OK_RATIO),
+    ("loso_kappa", _report(kappa=0.399), OK_RATIO),
+    ("lodo_auc", _report(lodo_auc=0.699), OK_RATIO),
+    ("positive_ratio", _report(), {"AU04": 2.01}),
+    ("positive_ratio_unknown", _report(), None),
+])
+def test_each_condition_of_the_kappa_rule_decides(case: str, report: dict, ratio: dict | None) -> None:
+    """Just past one bound, all others met: not reported (a rule that drops that condition fails here)."""
+    verdict = KAPPA_RULE.verdicts(report, ratio)["AU04"]
+    assert KAPPA_RULE.apply(report, ratio) == [] and not verdict["reliable"], verdict
+    failed = [k for k, v in verdict.items() if k.endswith("_ok") and not v]
+    assert failed == [f"{case.removesuffix('_unknown')}_ok" if case != "support" else "support_ok"], failed
+
+
+def test_kappa_rule_leaves_small_lodo_directions_unjudged_and_states_itself() -> None:
+    assert KAPPA_RULE.apply(_report(lodo_auc=0.5, lodo_pos=7), OK_RATIO) == ["AU04"]  # < 8 test positives
+    text = KappaRule().describe()
+    for part in (">= 15 training positives", "ROC-AUC >= 0.75", "kappa >= 0.4", "LODO ROC-AUC >= 0.7",
+                 ">= 8 positives", "at most 2 times its training prevalence"):
+        assert part in text, part
     with pytest.raises(KeyError, match="both a LOSO and a LODO"):
-        CROSS_DATASET.verdicts({"au_names": ["AU04"], "rows": _report(0.8, 0.8, 9)["rows"][:1],
-                                "train_positives": {}})
+        KAPPA_RULE.verdicts({"au_names": ["AU04"], "rows": _report()["rows"][:1], "train_positives": {}})
 
 
 def test_checkpoint_with_emotion_head_and_bad_encoding(tmp_path: Path) -> None:
@@ -176,7 +200,8 @@ def test_checkpoint_with_emotion_head_and_bad_encoding(tmp_path: Path) -> None:
     assert loaded.sha256 == sha and loaded.input_encoding == HTNET_ENCODING
     assert loaded.emotion_classes == ("negative", "positive", "surprise")
     assert loaded.config.num_classes == 4 + 3 and loaded.n_aus == 4
-    assert list(loaded.calibrated) == [False, False, True, True]  # AU01/AU02 have 6 positives, AU04/AU12 have 12
+    ratio = loaded.meta["training"]["positive_ratio"]  # a threshold that calls over 2x the prevalence never decides
+    assert list(loaded.calibrated) == [False, False, ratio["AU04"] <= 2, ratio["AU12"] <= 2]  # AU01/02: 6 positives
     assert loaded.meta["flow"]["method"] == "tvl1"
     obj = torch.load(tmp_path / "m.pt", weights_only=True)
     obj["meta"]["input"]["encoding"] = "rainbow"
@@ -301,9 +326,11 @@ def test_cli_lodo_loso_then_train_applies_the_rule(tmp_path: Path) -> None:
                                "--eval-report", str(tmp_path / "lodo" / "metrics.json")])
     assert res.exit_code == 0, res.output
     loaded = load_checkpoint(tmp_path / "m.pt")
-    assert loaded.meta["training"]["reliable_rule"] == CROSS_DATASET.describe()
+    assert loaded.meta["training"]["reliable_rule"] == KAPPA_RULE.describe()
     report = loaded.meta["metrics"]
-    assert list(np.asarray(loaded.au_names)[loaded.reliable]) == CROSS_DATASET.apply(report) == report["reliable"]
+    ratio = loaded.meta["training"]["positive_ratio"]
+    assert list(np.asarray(loaded.au_names)[loaded.reliable]) == KAPPA_RULE.apply(report, ratio) == report["reliable"]
+    assert 0.0 <= loaded.meta["training"]["emotion_bar"] <= 1.0 + 1e-5
     res = runner.invoke(main, ["train", "--data", str(data), "-o", str(tmp_path / "m2.pt"), *opts[2:],
                                "--eval-report", str(tmp_path / "loso" / "metrics.json")])
     assert res.exit_code == 1 and "another recipe" in res.output and not (tmp_path / "m2.pt").exists()

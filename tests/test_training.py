@@ -140,11 +140,22 @@ def test_binary_metrics_hand_case() -> None:
 
 def test_macro_skips_rare_and_nan() -> None:
     rows = [
-        {"au": "AU01", "support": 12, "precision": 1.0, "recall": 0.5, "f1": 0.6, "uar": 0.7, "auc": 0.8},
-        {"au": "AU02", "support": 2, "precision": 0.0, "recall": 0.0, "f1": 0.0, "uar": 0.5, "auc": math.nan},
+        {"au": "AU01", "support": 12, "precision": 1.0, "recall": 0.5, "f1": 0.6, "uar": 0.7, "auc": 0.8, "kappa": 0.5},
+        {"au": "AU02", "support": 2, "precision": 0.0, "recall": 0.0, "f1": 0.0, "uar": 0.5, "auc": math.nan,
+         "kappa": 0.0},
     ]
     assert macro(rows)["f1"] == pytest.approx(0.3) and macro(rows)["auc"] == pytest.approx(0.8)
-    assert macro(rows, 10) == {"n_aus": 1, "precision": 1.0, "recall": 0.5, "f1": 0.6, "uar": 0.7, "auc": 0.8}
+    assert macro(rows, 10) == {"n_aus": 1, "precision": 1.0, "recall": 0.5, "f1": 0.6, "uar": 0.7, "auc": 0.8,
+                               "kappa": 0.5}
+
+
+def test_cohen_kappa_by_hand() -> None:
+    """kappa = (po - pe) / (1 - pe): 40 of 50 agree, 25 and 30 positives -> pe = (25*30 + 25*20) / 2500 = 0.5."""
+    from au_annotate.training.evaluate import cohen_kappa
+
+    assert cohen_kappa(tp=20, fp=5, fn=10, tn=15) == pytest.approx((0.7 - 0.5) / 0.5)
+    assert cohen_kappa(10, 0, 0, 0) == 0.0 and math.isnan(cohen_kappa(0, 0, 0, 0))
+    assert cohen_kappa(5, 0, 0, 5) == 1.0 and cohen_kappa(0, 5, 5, 0) == -1.0
 
 
 def test_best_f1_threshold() -> None:
@@ -311,7 +322,7 @@ def test_evaluate_and_checkpoint_round_trip(tmp_path: Path) -> None:
     paths = report.write(tmp_path / "ev")
     js = json.loads(paths[1].read_text())
     assert js["protocol"] == "group-kfold-2" and js["recipe"] == TINY.to_dict()
-    assert paths[0].read_text().splitlines()[0] == "method,au,support,precision,recall,f1,uar,auc"
+    assert paths[0].read_text().splitlines()[0] == "method,au,support,precision,recall,f1,uar,auc,kappa"
     assert len(paths[2].read_text().splitlines()) == len(ds) + 1
 
     assert js["reliable_rule"] == RELIABILITY.describe()

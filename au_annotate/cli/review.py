@@ -45,10 +45,16 @@ def review_import(inputs: tuple[Path, ...], out_dir: Path, run_dir: Path | None,
     """Read reviewed .eaf files (files or folders) into OUTPUT/reviewed.csv, one row per window and coder.
 
     Each unusable file (malformed, not ours, video missing from the run) or coder code that does not parse is one
-    line on stderr; the rest is imported. Exit 1 when something was left out, 2 when nothing could be imported."""
+    line on stderr; the rest is imported. Exit 1 when something was left out, 2 when nothing could be imported or
+    an EAF was made by another run (model or result-changing settings) than the one it is read against: then one line
+    per such EAF and nothing is written."""
     from au_annotate.review.importer import import_reviews, write_reviewed
 
     result = import_reviews(list(inputs), run=run_dir, coder=coder)
+    if result.refused:  # matched to another run's windows the review would be wrong: write nothing at all
+        for line in result.refused:
+            _err(line + " (nothing written)")
+        sys.exit(2)
     for line in result.problems:
         _err(line)
     if not result.files:
@@ -121,9 +127,11 @@ def agreement(reviewed: Path, out_dir: Path | None) -> None:
               show_default=True, help="Spotting precision the cut-off must reach on the review.")
 def calibrate(reviewed: Path, output: Path, target: float) -> None:
     """Fit per-study settings to a review: per window kind the lowest spotting-score cut-off reaching --precision
-    (with the recall it keeps), and per-AU thresholds (best F1 against the coder).
+    (with the recall it keeps), and per-AU thresholds (best F1 against the coder). Every figure is printed with the
+    windows it rests on; a kind needs 20 reviewed windows (5 real), an AU 5 coder positives and 5 negatives.
 
-    Exit 1 when the precision is out of reach for some window kind (that kind gets no cut-off)."""
+    Exit 0: OUTPUT written (kinds and AUs that could not be fitted are named in it and here); 1: nothing written (no
+    review table, or too few reviewed windows to fit anything; one line says which); 2: bad option or path."""
     from au_annotate.review.calibrate import CalibrationError, write_study
     from au_annotate.review.calibrate import calibrate as fit
     from au_annotate.writers.base import utc_now
@@ -137,22 +145,17 @@ def calibrate(reviewed: Path, output: Path, target: float) -> None:
     prov = {"review_table": str(table), "review_sha256": table_sha256(table), "created": utc_now(),
             "windows": len(df), "videos": int(df["video"].nunique()), "coders": sorted(set(df["coder"])),
             "model_sha256": sorted(set(df["model_sha256"]) - {""})}
-    write_study(cal, prov, output)
+    try:
+        write_study(cal, prov, output)  # atomic: a failed write leaves no partial file
+    except OSError as e:
+        raise click.ClickException(f"{output}: cannot be written ({e.strerror or e}): nothing written") from None
     for c in cal.spotting:
-        if c.cut is None and c.reached:
-            click.echo(f"{c.kind}: no cut-off needed -> precision {c.precision:.3f}, recall {_num(c.recall)} "
-                       f"({c.reviewed} reviewed windows, {c.added} coder-added)")
-        elif c.cut is not None:
-            click.echo(f"{c.kind}: min_score {c.cut:.6g} -> precision {c.precision:.3f}, recall {_num(c.recall)} "
-                       f"({c.kept} of {c.reviewed} reviewed windows kept, {c.added} coder-added)")
+        click.echo(c.summary(target))
     for a in cal.aus:
-        if a.threshold is not None:
-            click.echo(f"{a.au}: threshold {a.threshold:.3f} -> F1 {_num(a.f1_after)} on the review "
-                       f"(checkpoint's decision: {_num(a.f1_before)})")
+        click.echo(a.summary())
     for n in cal.notes:
         click.echo(f"note: {n}", err=True)
     click.echo(f"written: {output} (annotate --config {output})")
-    sys.exit(1 if any(not c.reached for c in cal.spotting) else 0)  # 1: the target is out of reach for a kind
 
 
 @click.command()

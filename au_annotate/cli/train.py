@@ -285,9 +285,9 @@ def train_cmd(data: Path, output: Path, eval_report: tuple[Path, ...], config_pa
         t.add_row(au, str(int(pos)), f"{thr:.3f}", "yes" if rel else "")
     console.print(t)
     if report is not None:
-        from au_annotate.training.reliability import CROSS_DATASET
+        from au_annotate.training.reliability import KAPPA_RULE
 
-        rule = CROSS_DATASET if "rows" in report else RELIABILITY
+        rule = KAPPA_RULE if "rows" in report else RELIABILITY
         console.print(f"reliable rule: {rule.describe()}", highlight=False)
     console.print(f"wrote {output} (sha256 {sha}, {output.stat().st_size / 1e6:.2f} MB)")
 

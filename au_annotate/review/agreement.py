@@ -11,7 +11,11 @@ Definitions (every coder's rows are pooled; a window reviewed by two coders coun
 - per AU, over confirmed + corrected tool windows whose coder code parsed: the tool's decision (`AUxx_c`) against
   "the coder coded AUxx" (any side or intensity): TP / FP / FN / TN, precision, recall, F1 and Cohen's kappa;
 - where two coders reviewed the same window: Cohen's kappa coder vs coder on "a real expression" (confirmed/corrected
-  vs rejected) and per AU on the windows both called real, beside tool-vs-coder kappa on those same windows.
+  vs rejected) and per AU on the windows both called real, beside tool-vs-coder kappa on those same windows;
+- AUs the coder coded that the tool does not decide (the model does not output them, or gives a probability only):
+  they cannot be compared, so instead of vanishing they are listed (`coder_only`: per AU the windows the coder coded
+  it on, among confirmed, corrected and added windows with a parsed code, and how many of those were coder-added) and
+  named in a note.
 
 Kappa is NaN where it is undefined (both raters constant and equal: chance agreement is 1).
 """
@@ -63,6 +67,7 @@ class Agreement:
     aus: list[dict[str, Any]] = field(default_factory=list)
     coders: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    coder_only: list[dict[str, Any]] = field(default_factory=list)  # coder AUs the tool does not decide (coder_only_aus)
 
     def tidy(self) -> pd.DataFrame:
         """One row per (section, subject, metric): what agreement.csv holds."""
@@ -75,6 +80,8 @@ class Agreement:
             pair = f"{r['coder_a']} vs {r['coder_b']}"
             rows += [("coders", r["subject"], pair, k, v) for k, v in r.items()
                      if k not in ("subject", "coder_a", "coder_b")]
+        for r in self.coder_only:
+            rows += [("coder_only", r["au"], "", k, v) for k, v in r.items() if k != "au"]
         return pd.DataFrame(rows, columns=["section", "subject", "coders", "metric", "value"])
 
     def as_dict(self) -> dict[str, Any]:
@@ -87,7 +94,7 @@ class Agreement:
             return v
 
         return {key: [{k: clean(v) for k, v in r.items()} for r in getattr(self, key)]
-                for key in ("spotting", "aus", "coders")} | {"notes": list(self.notes)}
+                for key in ("spotting", "aus", "coders", "coder_only")} | {"notes": list(self.notes)}
 
 
 def spotting_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -124,8 +131,9 @@ def au_columns(df: pd.DataFrame) -> list[str]:
 
 
 def _au_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """Tool windows the coder called real and coded with a code that parsed."""
-    return df[(df["window"] >= 0) & df["decision"].isin(REAL) & (df["code_error"] == "")]
+    """Tool micro windows the coder called real and coded with a code that parsed (the tool decides AUs on micro
+    windows only: a macro window's `_c` 0 is no decision, not a "no")."""
+    return df[(df["window"] >= 0) & df["decision"].isin(REAL) & (df["code_error"] == "") & (df["kind"] == "micro")]
 
 
 def au_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -139,6 +147,48 @@ def au_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
         t = d[f"{au}_c"].to_numpy(float) > 0.5
         out.append({"au": au, "windows": len(d), **f1_counts(t, c), "kappa": cohen_kappa(t, c)})
     return out
+
+
+def coder_only_aus(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The AUs the coder coded that the tool does not decide (no `AUxx_c` with values), so they are in no AU row.
+
+    Per AU (`AU18`): `windows` = rows (every coder's, pooled) the coder called real or added with a parsed code that
+    has the AU, `added` = how many of them are coder-added, `probability_only` = 1 when the table has the AU's
+    probability but no decision (an AU the model outputs without a calibrated threshold), else 0."""
+    if not len(df):
+        return []
+    decided = set(au_columns(df))
+    d = df[df["decision"].isin((*REAL, ADDED)) & (df["code_error"] == "")]
+    windows: dict[int, int] = {}
+    added: dict[int, int] = {}
+    for aus, decision in zip(coder_au_sets(d["coder_aus"]), d["decision"], strict=True):
+        for num in aus:
+            if f"AU{num:02d}" in decided:
+                continue
+            windows[num] = windows.get(num, 0) + 1
+            added[num] = added.get(num, 0) + int(decision == ADDED)
+    out = []
+    for num in sorted(windows):
+        name = f"AU{num:02d}"
+        col = f"{name}_p"
+        prob_only = int(col in df.columns and bool(pd.to_numeric(df[col], errors="coerce").notna().any()))
+        out.append({"au": name, "windows": windows[num], "added": added[num], "probability_only": prob_only})
+    return out
+
+
+def coder_only_note(rows: list[dict[str, Any]]) -> str:
+    """One line naming the coder AUs the tool does not decide, with the windows each was coded on ("" for none)."""
+    if not rows:
+        return ""
+
+    def one(r: dict[str, Any]) -> str:
+        text = f"{r['au']} on {r['windows']} window{'s' if r['windows'] != 1 else ''}"
+        extra = [f"{r['added']} coder-added"] if r["added"] else []
+        extra += ["the model gives a probability only"] if r["probability_only"] else []
+        return text + (f" ({'; '.join(extra)})" if extra else "")
+
+    return ("the coder coded AUs the tool does not decide, so they are not in the AU agreement: "
+            + ", ".join(one(r) for r in rows))
 
 
 def coder_pairs(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -168,7 +218,9 @@ def coder_pairs(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 def compute_agreement(df: pd.DataFrame) -> Agreement:
     """Spotting, timing, per-AU and coder-pair agreement of a review table (read_reviewed)."""
-    ag = Agreement(spotting_rows(df), au_rows(df), coder_pairs(df))
+    ag = Agreement(spotting_rows(df), au_rows(df), coder_pairs(df), coder_only=coder_only_aus(df))
+    if ag.coder_only:
+        ag.notes.append(coder_only_note(ag.coder_only))
     if len(df) and not (df["decision"] != UNREVIEWED).any():
         ag.notes.append("no window has been reviewed yet (every decision is 'unreviewed')")
     bad = int(((df["code_error"] != "") & df["decision"].isin((*REAL, ADDED))).sum()) if len(df) else 0

@@ -5,7 +5,11 @@ and the `review` / `AUs (coder)` tiers (au_annotate/writers/review_schema.py). E
 (other tiers, ANNOTATOR and LANG_REF attributes, CVE_REF on annotations, EAF 3.0 headers, licences) is ignored.
 
 Matching: the tool's windows come from the run's own segment CSV (found through the run's `manifest.json`, next to or
-above the EAF, or the folder given as `run`), not from the EAF, so the scores and probabilities are exact. Per face,
+above the EAF, or the folder given as `run`), not from the EAF, so the scores and probabilities are exact. That is only
+true when the run is the one the EAF came from: an EAF whose model (sha256; the name where a checksum is missing) or
+result-changing settings (every setting but the runtime-only ones the resume key ignores, manifest._RUNTIME_ONLY)
+differ from those of the run's segment CSV is refused (`ImportResult.refused`): matched against another run's windows
+the coder's unchanged windows would read as moved, i.e. `corrected`, and nothing would say so. Per face,
 every annotation of the coder tiers is matched one-to-one to the tool window it overlaps most (interval IoU in ms,
 pairs of higher IoU first); an `AUs (coder)` annotation that overlaps no window left is a window the coder added.
 
@@ -57,6 +61,10 @@ class ReviewError(ValueError):
     """A review file or table cannot be used (the message names the file and the cause)."""
 
 
+class RunMismatch(ReviewError):
+    """An EAF was written by another run (other model or result-changing settings) than the one it was read against."""
+
+
 @dataclass(frozen=True)
 class CoderMark:
     """One annotation of a coder tier: face, lane (0 = plain tier), times in ms and value."""
@@ -78,15 +86,21 @@ class EafReview:
     coder: str
     review: list[CoderMark] = field(default_factory=list)
     codes: list[CoderMark] = field(default_factory=list)
+    model_name: str = ""
+    settings: dict[str, Any] | None = None  # the `au-annotate:settings` property; None when absent or unreadable
 
 
 @dataclass
 class ImportResult:
-    """The tidy review table plus one line per problem (files skipped, codes that do not parse, ...)."""
+    """The tidy review table plus one line per problem (files skipped, codes that do not parse, ...).
+
+    `refused`: one line per EAF made by another run than the one it was read against (RunMismatch). Such a result
+    must not be written (write_reviewed refuses it): the caller stops with nothing written."""
 
     table: pd.DataFrame
     problems: list[str] = field(default_factory=list)
     files: int = 0
+    refused: list[str] = field(default_factory=list)
 
 
 def _tier_face_lane(tier: str, base: str, attrib: dict[str, str]) -> tuple[str, int] | None:
@@ -118,7 +132,8 @@ def read_review_eaf(path: str | os.PathLike[str], coder: str | None = None) -> E
     video = props.get(PROP + "video", "")
     if not video:
         raise ReviewError(f"{p}: not written by au-annotate (no {PROP}video property): skipped")
-    out = EafReview(path=p, video=video, model_sha256=props.get(PROP + "model_sha256", ""), coder="")
+    out = EafReview(path=p, video=video, model_sha256=props.get(PROP + "model_sha256", ""), coder="",
+                    model_name=props.get(PROP + "model_name", ""), settings=_settings_of(props.get(PROP + "settings")))
     annotators: list[str] = []
     found = False
     for tier, (aligned, _ref, attrib, _n) in eaf.tiers.items():
@@ -138,6 +153,17 @@ def read_review_eaf(path: str | os.PathLike[str], coder: str | None = None) -> E
         raise ReviewError(f"{p}: has no '{REVIEW_TIER}' tier (written before review tiers existed: annotate again)")
     out.coder = next((a for a in annotators if a), "") or coder or p.parent.name or "coder"
     return out
+
+
+def _settings_of(text: str | None) -> dict[str, Any] | None:
+    """The settings recorded as one line of JSON (EAF property, CSV comment, manifest); None when absent or bad."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 # --------------------------------------------------------------------------------------------------- the run's table
@@ -166,11 +192,14 @@ def _fps_of(meta: dict[str, str]) -> float:
 
 @dataclass
 class RunVideo:
-    """One video of a run: its segment rows, frame rate and the model that made them."""
+    """One video of a run: its segment rows, frame rate, the model and settings that made them, and their CSV."""
 
     segments: pd.DataFrame
     fps: float
     model_sha256: str
+    model_name: str = ""
+    settings: dict[str, Any] | None = None
+    source: Path | None = None  # the segments CSV the rows come from
 
 
 def load_run_video(run_dir: Path, video: str) -> RunVideo:
@@ -189,8 +218,47 @@ def load_run_video(run_dir: Path, video: str) -> RunVideo:
         raise ReviewError(f"{video}: the run has no segments CSV for it (annotate with --format csv)")
     meta = read_csv_metadata(csvs[0])
     df = read_segments_csv(csvs[0])
-    model = str((manifest.get("model") or {}).get("sha256") or meta.get("model_sha256", ""))
-    return RunVideo(df, _fps_of(meta), model)
+    # the CSV's own record first: the manifest's run-level fields describe the folder's latest run, which may have
+    # left this video as an earlier run wrote it (resumed)
+    run_model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    model = str(meta.get("model_sha256") or run_model.get("sha256") or "")
+    name = str(meta.get("model") or run_model.get("name") or "")
+    settings = _settings_of(meta.get("settings"))
+    if settings is None and isinstance(manifest.get("settings"), dict):
+        settings = manifest["settings"]
+    return RunVideo(df, _fps_of(meta), model, name, settings, csvs[0])
+
+
+def _short(value: Any, width: int = 60) -> str:
+    """A setting's value as compact JSON, cut to `width` characters (for a one-line message)."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def run_mismatch(review: EafReview, run: RunVideo) -> str:
+    """What differs between the run that wrote an EAF and the run it is read against ("" when nothing does).
+
+    Compared: the model's sha256 (its name only where a side has no checksum) and every setting that changes results,
+    i.e. all but the runtime-only ones the resume key ignores (au_annotate.manifest._RUNTIME_ONLY); `weights` (the
+    name or path it was given as) is left to the checksum when both sides have one. Settings are compared only when
+    both sides record them (EAFs and CSVs of this tool always do)."""
+    from au_annotate.manifest import _RUNTIME_ONLY
+
+    diffs: list[str] = []
+    checksums = bool(review.model_sha256 and run.model_sha256)
+    if checksums and review.model_sha256 != run.model_sha256:
+        diffs.append(f"model {review.model_name or '?'} ({review.model_sha256[:12]}) vs {run.model_name or '?'} "
+                     f"({run.model_sha256[:12]})")
+    elif not checksums and review.model_name and run.model_name and review.model_name != run.model_name:
+        diffs.append(f"model {review.model_name} vs {run.model_name}")
+    if review.settings is not None and run.settings is not None:
+        ignore = _RUNTIME_ONLY | ({"weights"} if checksums else set())
+        keys = sorted((set(review.settings) | set(run.settings)) - ignore)
+        changed = [k for k in keys if review.settings.get(k) != run.settings.get(k)]
+        diffs += [f"{k} {_short(review.settings.get(k))} vs {_short(run.settings.get(k))}" for k in changed[:3]]
+        if len(changed) > 3:
+            diffs.append(f"{len(changed) - 3} more setting(s): {', '.join(changed[3:])}")
+    return "; ".join(diffs)
 
 
 # --------------------------------------------------------------------------------------------------------- matching
@@ -265,7 +333,8 @@ def review_rows(review: EafReview, run: RunVideo) -> tuple[list[dict[str, Any]],
                 decision, note = CORRECTED, "code or times changed but left 'unreviewed': taken as corrected"
             row = _row(review, face, run, rec, au_cols, decision, times, code_text, note)
             if row["code_error"] and decision in (CONFIRMED, CORRECTED):
-                problems.append(f"{review.path}: {face} window at {windows[wi][0]} ms: {row['code_error']}")
+                problems.append(f"{review.path}: {face} window at {windows[wi][0]} ms: {row['code_error']} (row kept "
+                                "with code_error, left out of the AU agreement)")
             rows.append(row)
         for mi, m in enumerate(codes):
             if mi in code_match:
@@ -276,7 +345,8 @@ def review_rows(review: EafReview, run: RunVideo) -> tuple[list[dict[str, Any]],
                 continue
             row = _row(review, face, run, None, au_cols, ADDED, (m.start_ms, m.end_ms), m.value, "")
             if row["code_error"]:
-                problems.append(f"{review.path}: {face} added window at {m.start_ms} ms: {row['code_error']}")
+                problems.append(f"{review.path}: {face} added window at {m.start_ms} ms: {row['code_error']} (row "
+                                "kept with code_error)")
             rows.append(row)
     return rows, problems
 
@@ -336,11 +406,13 @@ def find_eafs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], lis
 
 def import_reviews(inputs: Sequence[str | os.PathLike[str]], *, run: str | os.PathLike[str] | None = None,
                    coder: str | None = None) -> ImportResult:
-    """Read every reviewed EAF under `inputs` into one table; each unusable file or code is one problem line."""
+    """Read every reviewed EAF under `inputs` into one table; each unusable file or code is one problem line, each EAF
+    made by another run than the one found for it (run_mismatch) one `refused` line."""
     eafs, problems = find_eafs(inputs)
     rows: list[dict[str, Any]] = []
     cache: dict[tuple[Path, str], RunVideo] = {}
     run_dir = Path(run) if run is not None else None
+    refused: list[str] = []
     files = 0
     for path in eafs:
         try:
@@ -353,17 +425,22 @@ def import_reviews(inputs: Sequence[str | os.PathLike[str]], *, run: str | os.Pa
             if key not in cache:
                 cache[key] = load_run_video(folder, review.video)
             rv = cache[key]
-            if review.model_sha256 and rv.model_sha256 and review.model_sha256 != rv.model_sha256:
-                raise ReviewError(f"{path}: written with another model ({review.model_sha256[:12]}) than the run in "
-                                  f"{folder} ({rv.model_sha256[:12]}): skipped")
+            differs = run_mismatch(review, rv)
+            if differs:
+                raise RunMismatch(f"{path}: made by another run than {rv.source} (EAF vs run: {differs}); read against "
+                                  "that run's windows the review would be wrong: give --run the annotate output folder "
+                                  "this EAF came from")
             got, bad = review_rows(review, rv)
+        except RunMismatch as e:
+            refused.append(str(e))
+            continue
         except ReviewError as e:
             problems.append(str(e))
             continue
         files += 1
         rows += got
         problems += bad
-    return ImportResult(_frame(rows), problems, files)
+    return ImportResult(_frame(rows), problems, files, refused)
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -377,11 +454,16 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def write_reviewed(result: ImportResult, out_dir: str | os.PathLike[str]) -> Path:
-    """Write `reviewed.csv` (with `#` provenance lines) into out_dir; returns its path."""
+    """Write `reviewed.csv` (with `#` provenance lines) into out_dir; returns its path.
+
+    ReviewError, with nothing written, when the import refused an EAF (a table without it would pass for the whole
+    review)."""
     from au_annotate._version import __version__
     from au_annotate.fileio import atomic_open
     from au_annotate.writers.base import utc_now
 
+    if getattr(result, "refused", None):
+        raise ReviewError(f"not written: {len(result.refused)} EAF file(s) refused: " + result.refused[0])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / REVIEWED_NAME

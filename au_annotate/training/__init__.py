@@ -15,7 +15,7 @@ from typing import Any
 _WHERE = {
     "AUDataset": "data", "DatasetError": "data", "build_labels": "data", "load_dataset": "data",
     "load_composite": "data", "load_any": "data", "evaluate_splits": "crossdata", "SplitReport": "crossdata",
-    "CROSS_DATASET": "reliability", "CrossDatasetRule": "reliability",
+    "KAPPA_RULE": "reliability", "KappaRule": "reliability",
     "EvalReport": "evaluate", "EvaluationError": "evaluate", "evaluate": "evaluate",
     "RELIABILITY": "reliability", "ReliabilityRule": "reliability", "reliable_aus": "reliability",
     "TrainConfig": "train", "TrainConfigError": "train", "fit_htnet": "train", "train_checkpoint": "train",

@@ -16,6 +16,7 @@ regression) and AUC (logistic regression). Emotion: UF1 (mean per-class F1) and 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,12 +32,15 @@ from threadpoolctl import threadpool_limits
 from au_annotate.training.baselines import fit_logreg
 from au_annotate.training.data import AUDataset
 from au_annotate.training.evaluate import CsvTable, EvaluationError, binary_metrics, write_metrics
-from au_annotate.training.reliability import CROSS_DATASET
+from au_annotate.training.reliability import KAPPA_RULE
 from au_annotate.training.train import Targets, TrainConfig, emotion_softmax, fit_htnet
 
 LODO_PAIRS = (("samm", "casme2"), ("casme2", "samm"))
-CSV_COLUMNS = ("au", "split", "positives", "precision", "recall", "f1", "uar", "auc", "f1_allpos", "f1_lr", "auc_lr")
-EMOTION_COLUMNS = ("split", "n", "uf1", "uar")
+CSV_COLUMNS = ("au", "split", "positives", "precision", "recall", "f1", "uar", "auc", "kappa", "f1_allpos", "f1_lr",
+               "auc_lr")
+# the emotion's abstention (folds.emotion_bar, chosen per fold on its inner folds): the share of held-out samples above
+# the fold's bar, how often those are right (precision) and the share of all that are right and above it (recall)
+EMOTION_COLUMNS = ("split", "n", "uf1", "uar", "coverage", "precision_sure", "recall_sure", "bar_median")
 
 
 def split_name(train: str, test: str) -> str:
@@ -67,6 +71,7 @@ class SplitScores:
     logreg: np.ndarray
     logreg_pred: np.ndarray
     seconds: float
+    emotion_bar: float = 0.0  # this fold's bar (chosen on its inner folds)
 
 
 def _targets(ds: AUDataset, idx: np.ndarray) -> Targets:
@@ -94,7 +99,7 @@ def run_split(ds: AUDataset, train_idx: np.ndarray, test_idx: np.ndarray, cfg: T
                            seed=cfg.seed)
         lr = model.predict_proba(ds.images[test_idx])
         lr_pred = (lr >= model.thresholds[None, :]).astype(np.int8)
-    return SplitScores(np.asarray(test_idx), au, pred, emo, lr, lr_pred, time.perf_counter() - t0)
+    return SplitScores(np.asarray(test_idx), au, pred, emo, lr, lr_pred, time.perf_counter() - t0, fitted.emotion_bar)
 
 
 def _worker(args: tuple) -> tuple[str, SplitScores]:
@@ -143,7 +148,7 @@ class SplitReport:
         """JSON-ready dict (what `train --eval-report` reads)."""
         return {"protocol": self.protocol, "au_names": list(self.au_names), "recipe": self.recipe, "data": self.data,
                 "rows": self.rows, "emotion_rows": self.emotion_rows, "train_positives": self.train_positives,
-                "encoding": self.encoding, "seconds": round(self.seconds, 1), "rule": CROSS_DATASET.describe()}
+                "encoding": self.encoding, "seconds": round(self.seconds, 1), "rule": KAPPA_RULE.describe()}
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """metrics.csv, metrics.json, predictions.csv, emotion_metrics.csv (when the data has emotions)."""
@@ -212,8 +217,15 @@ def evaluate_splits(ds: AUDataset, cfg: TrainConfig, protocol: str, jobs: int = 
             probs = np.concatenate(emo)
             known = ds.emotions[idx] >= 0
             pred = probs.argmax(1)
+            bars = np.concatenate([np.full(len(p.test_idx), p.emotion_bar) for p in parts])
+            sure = (probs.max(1) >= bars)[known]
+            right = (pred[known] == ds.emotions[idx][known])
             emotion_rows.append({"split": split, **emotion_metrics(ds.emotions[idx][known], pred[known],
-                                                                   len(ds.emotion_classes))})
+                                                                   len(ds.emotion_classes)),
+                                 "coverage": float(sure.mean()) if len(sure) else math.nan,
+                                 "precision_sure": float(right[sure].mean()) if sure.any() else math.nan,
+                                 "recall_sure": float((right & sure).mean()) if len(sure) else math.nan,
+                                 "bar_median": float(np.median([p.emotion_bar for p in parts]))})
         for n, i in enumerate(idx):
             row: dict[str, Any] = {"split": split, "sample": ds.names[i], "subject": str(ds.subjects[i]),
                                    "dataset": str(ds.source_names[i])}

@@ -31,7 +31,7 @@ from au_annotate.training.reliability import FREQUENT, RELIABILITY, reliable_aus
 from au_annotate.training.train import TrainConfig, fit_htnet
 
 METHODS = ("htnet", "all_positive", "logreg")
-METRICS = ("support", "precision", "recall", "f1", "uar", "auc")
+METRICS = ("support", "precision", "recall", "f1", "uar", "auc", "kappa")
 TARGET_AUS = ("AU02", "AU04", "AU07", "AU12", "AU14")
 PROTOCOLS = ("loso", "group-kfold")
 
@@ -44,7 +44,7 @@ class EvaluationError(ValueError):
 
 
 def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, y_score: np.ndarray | None = None) -> dict[str, float]:
-    """support, precision, recall, F1, UAR and ROC-AUC for one AU (0/1 arrays; AUC from scores)."""
+    """support, precision, recall, F1, UAR, ROC-AUC and Cohen's kappa for one AU (0/1 arrays; AUC from scores)."""
     t = np.asarray(y_true).astype(bool)
     p = np.asarray(y_pred).astype(bool)
     tp = int(np.sum(t & p))
@@ -59,7 +59,19 @@ def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, y_score: np.ndarray |
     auc = math.nan
     if y_score is not None and t.any() and (~t).any():
         auc = float(roc_auc_score(t, np.asarray(y_score, dtype=np.float64)))
-    return {"support": tp + fn, "precision": precision, "recall": recall, "f1": f1, "uar": uar, "auc": auc}
+    return {"support": tp + fn, "precision": precision, "recall": recall, "f1": f1, "uar": uar, "auc": auc,
+            "kappa": cohen_kappa(tp, fp, fn, tn)}
+
+
+def cohen_kappa(tp: int, fp: int, fn: int, tn: int) -> float:
+    """Cohen's kappa of a 2x2 table (agreement beyond chance; FACS reliability's measure): (po - pe) / (1 - pe); 0
+    when chance agreement is total (one class only in both), NaN for an empty table."""
+    n = tp + fp + fn + tn
+    if n == 0:
+        return math.nan
+    po = (tp + tn) / n
+    pe = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / (n * n)
+    return 0.0 if pe >= 1.0 else (po - pe) / (1.0 - pe)
 
 
 def per_au_metrics(

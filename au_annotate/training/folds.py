@@ -39,6 +39,43 @@ def select_thresholds(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(thr, dtype=np.float32), 0.0, 1.0)
 
 
+EMOTION_MIN_PRECISION = 0.75  # the model emotion is given only where inner-fold predictions this sure were this right
+
+
+def emotion_bar(probs: np.ndarray, classes: np.ndarray, min_precision: float = EMOTION_MIN_PRECISION) -> float:
+    """The probability below which the model's emotion is `uncertain`, from out-of-fold class probabilities `probs`
+    (N, E) and true classes (N,; -1 unknown, left out): the lowest bar whose confident predictions (max probability >=
+    bar) are right at least `min_precision` of the time, i.e. the most samples kept at that precision. Midway between
+    the last kept and the next probability; 1.0 plus a margin when not even the surest prediction reaches it (always
+    uncertain); 0.0 when every prediction together reaches it (never uncertain). Fixed before any result was seen."""
+    known = np.asarray(classes) >= 0
+    p = np.asarray(probs, np.float64)[known]
+    y = np.asarray(classes)[known]
+    if not len(y):
+        return 1.0 + 1e-6
+    top = p.max(1)
+    order = np.argsort(-top, kind="stable")
+    right = (p.argmax(1) == y)[order]
+    precision = np.cumsum(right) / np.arange(1, len(y) + 1)
+    s = top[order]
+    cut = np.r_[s[1:] != s[:-1], True]  # a bar cannot split tied probabilities
+    ok = np.flatnonzero((precision >= min_precision) & cut)
+    if not len(ok):
+        return 1.0 + 1e-6
+    n = int(ok[-1])
+    return 0.0 if n == len(s) - 1 else float((s[n] + s[n + 1]) / 2)
+
+
+def positive_ratio(labels: np.ndarray, scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Per AU: the share of samples a threshold calls positive over the AU's prevalence (NaN without positives); a
+    threshold with a ratio above 2 calls most of what it marks wrongly (issue 25's rule: no decision then)."""
+    y = np.asarray(labels, bool)
+    called = (np.asarray(scores) >= np.asarray(thresholds)[None, :]).mean(0)
+    prevalence = y.mean(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(prevalence > 0, called / prevalence, np.nan)
+
+
 def inner_folds(groups: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Group-k-fold splits over `groups` (k capped at the number of groups); deterministic."""
     n_groups = len(np.unique(groups))

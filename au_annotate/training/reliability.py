@@ -68,29 +68,38 @@ def reliable_aus(tables: Tables, rule: ReliabilityRule = RELIABILITY) -> list[st
 
 
 @dataclass(frozen=True)
-class CrossDatasetRule:
-    """The reliable-AU rule of the two-dataset model, fixed before its results were seen (issue: cross-dataset).
+class KappaRule:
+    """The reliable-AU rule of the two-dataset model (issue 25), fixed before the model it judges was trained; it
+    replaced "LOSO F1 >= 2x the all-positive F1", which measures prevalence, not skill (all-positive F1 = 2p/(1+p)).
 
-    An AU is reliable when it has >= min_support positives in the training data, pooled LOSO ROC-AUC >= min_loso_auc,
-    LOSO F1 >= all_positive_factor x its all-positive F1, and LODO ROC-AUC >= min_lodo_auc in every LODO direction
-    whose test dataset has >= lodo_min_positives positives (directions with fewer are not judged)."""
+    An AU is reported by default when it has >= min_support training positives, pooled LOSO ROC-AUC >= min_loso_auc,
+    pooled LOSO Cohen's kappa >= min_loso_kappa at the shipped thresholds (each fold's own, from its inner folds), LODO
+    ROC-AUC >= min_lodo_auc in every direction whose test dataset has >= lodo_min_positives positives, and its threshold
+    marks at most max_positive_ratio x its training prevalence as positive on the training data (the shipped model's
+    inner out-of-fold probabilities)."""
 
     min_support: int = 15
     min_loso_auc: float = 0.75
-    all_positive_factor: float = 2.0
+    min_loso_kappa: float = 0.40
     min_lodo_auc: float = 0.70
     lodo_min_positives: int = 8
+    max_positive_ratio: float = 2.0
 
     def describe(self) -> str:
         """The rule as one line, generated from the fields (stored in checkpoints, quoted by the model card)."""
         return (
-            f"training positives >= {self.min_support}, pooled LOSO ROC-AUC >= {self.min_loso_auc:g}, LOSO F1 >= "
-            f"{self.all_positive_factor:g}x the all-positive F1, and LODO ROC-AUC >= {self.min_lodo_auc:g} in every "
-            f"leave-one-dataset-out direction whose test dataset has >= {self.lodo_min_positives} positives"
+            f"An AU is reported by default when it has >= {self.min_support} training positives, pooled LOSO ROC-AUC "
+            f">= {self.min_loso_auc:g}, pooled LOSO Cohen's kappa >= {self.min_loso_kappa:g} at the shipped threshold, "
+            f"LODO ROC-AUC >= {self.min_lodo_auc:g} in every direction whose test dataset has >= "
+            f"{self.lodo_min_positives} positives, and its threshold marks at most {self.max_positive_ratio:g} times its "
+            "training prevalence as positive on the training data."
         )
 
-    def verdicts(self, report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-        """Per AU: every condition's value and whether it holds, from a merged LOSO + LODO metrics.json."""
+    def verdicts(self, report: Mapping[str, Any], positive_ratio: Mapping[str, float] | None = None,
+                 ) -> dict[str, dict[str, Any]]:
+        """Per AU: every condition's value and whether it holds, from a merged LOSO + LODO metrics.json and, per AU,
+        the share of training samples its threshold calls positive over its prevalence (None: not known yet, the
+        condition fails)."""
         rows = report["rows"]
         loso = {r["au"]: r for r in rows if r["split"] == "loso"}
         lodo: dict[str, list[Mapping[str, Any]]] = {}
@@ -99,29 +108,29 @@ class CrossDatasetRule:
                 lodo.setdefault(r["au"], []).append(r)
         if not loso or not lodo:
             raise KeyError("the rule needs both a LOSO and a LODO evaluation (pass both metrics.json)")
+        ratios = positive_ratio or {}
         out = {}
         for au in report["au_names"]:
             pos = int(report["train_positives"].get(au, 0))
-            lr = loso.get(au)
-            auc = _num(lr.get("auc")) if lr else math.nan
-            f1 = _num(lr.get("f1")) if lr else math.nan
-            ap = _num(lr.get("f1_allpos")) if lr else math.nan
+            lr = loso.get(au) or {}
+            auc, kappa = _num(lr.get("auc")), _num(lr.get("kappa"))
             judged = [r for r in lodo.get(au, []) if int(r["positives"]) >= self.lodo_min_positives]
-            lodo_ok = all(_num(r.get("auc")) >= self.min_lodo_auc for r in judged)
+            ratio = _num(ratios.get(au))
             checks = {
                 "support_ok": pos >= self.min_support,
                 "loso_auc_ok": auc >= self.min_loso_auc,
-                "loso_f1_ok": f1 >= self.all_positive_factor * ap,
-                "lodo_auc_ok": lodo_ok,
+                "loso_kappa_ok": kappa >= self.min_loso_kappa,
+                "lodo_auc_ok": all(_num(r.get("auc")) >= self.min_lodo_auc for r in judged),
+                "positive_ratio_ok": ratio <= self.max_positive_ratio,
             }
-            out[au] = {"positives": pos, "loso_auc": auc, "loso_f1": f1, "f1_allpos": ap,
-                       "lodo": {r["split"]: _num(r.get("auc")) for r in judged}, **checks,
+            out[au] = {"positives": pos, "loso_auc": auc, "loso_kappa": kappa, "loso_f1": _num(lr.get("f1")),
+                       "lodo": {r["split"]: _num(r.get("auc")) for r in judged}, "positive_ratio": ratio, **checks,
                        "reliable": all(checks.values())}
         return out
 
-    def apply(self, report: Mapping[str, Any]) -> list[str]:
+    def apply(self, report: Mapping[str, Any], positive_ratio: Mapping[str, float] | None = None) -> list[str]:
         """The reliable AUs in label order."""
-        return [au for au, v in self.verdicts(report).items() if v["reliable"]]
+        return [au for au, v in self.verdicts(report, positive_ratio).items() if v["reliable"]]
 
 
 def _num(v: Any) -> float:
@@ -129,5 +138,5 @@ def _num(v: Any) -> float:
     return math.nan if v is None else float(v)
 
 
-CROSS_DATASET = CrossDatasetRule()  # the rule of the SAMM + CASME II model
+KAPPA_RULE = KappaRule()  # the rule of the SAMM + CASME II model (issue 25)
 CALIBRATED_MIN = 10  # an AU's threshold is used (its _c column, its code in `aus`) only with this many positives

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,8 +29,14 @@ from au_annotate.errors import check_keys
 from au_annotate.fileio import load_toml
 from au_annotate.flow import HTNET_ENCODING, SEED_ENCODING, TVL1_METHOD, flip_uv_strain, images_to_input
 from au_annotate.model import HTNet, HTNetConfig
-from au_annotate.training.folds import inner_folds, select_thresholds
-from au_annotate.training.reliability import CALIBRATED_MIN, CROSS_DATASET, RELIABILITY
+from au_annotate.training.folds import (
+    EMOTION_MIN_PRECISION,
+    emotion_bar,
+    inner_folds,
+    positive_ratio,
+    select_thresholds,
+)
+from au_annotate.training.reliability import CALIBRATED_MIN, KAPPA_RULE, RELIABILITY
 from au_annotate.weights import save_checkpoint
 
 if TYPE_CHECKING:
@@ -333,6 +339,8 @@ class FittedHTNet:
     models: list[HTNet]
     thresholds: np.ndarray
     oof: np.ndarray  # inner out-of-fold probabilities the thresholds came from
+    emotion_bar: float = 0.0  # below this class probability the model's emotion is "uncertain" (folds.emotion_bar)
+    positive_ratio: np.ndarray | None = None  # per AU: share its threshold calls positive on the OOF / prevalence
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Mean probability of the ensemble."""
@@ -368,8 +376,12 @@ def fit_htnet(
         inner += models
     mask = targets.mask(len(labels))
     thresholds = select_thresholds(labels[mask], oof[mask, :k])
+    ratio = positive_ratio(labels[mask], oof[mask, :k], thresholds)
+    bar = 0.0
+    if targets is not None and targets.n_emotions:
+        bar = emotion_bar(emotion_softmax(oof[:, k:]), np.asarray(targets.emotions))
     models = train_ensemble(images, labels, cfg, stage(done[0]), targets, encoding) if cfg.refit else inner
-    return FittedHTNet(models, thresholds, oof)
+    return FittedHTNet(models, thresholds, oof, emotion_bar=bar, positive_ratio=ratio)
 
 
 def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
@@ -406,12 +418,12 @@ def checkpoint_metrics(eval_report: Mapping[str, Any], reliable: list[str], rule
     return metrics
 
 
-def _reliable_from_report(dataset: AUDataset, cfg: TrainConfig, eval_report: Mapping[str, Any]) -> tuple[
-    list[str], str, dict[str, Any]
-]:
-    """(reliable AUs, rule text, metrics to store) from an evaluation report made with this recipe on this data.
+def _reliable_from_report(dataset: AUDataset, cfg: TrainConfig, eval_report: Mapping[str, Any],
+                          positive_ratio: Mapping[str, float]) -> tuple[list[str], str, dict[str, Any]]:
+    """(reliable AUs, rule text, metrics to store) from an evaluation report made with this recipe on this data and the
+    trained model's positive ratios (folds.positive_ratio, per AU).
 
-    A LOSO + LODO report (``rows``, from ``training.crossdata``) gets the cross-dataset rule; an older per-method report
+    A LOSO + LODO report (``rows``, from ``training.crossdata``) gets the kappa rule; an older per-method report
     (``tables``) the original rule. Either way the rule in code decides, not a list copied from the file."""
     try:
         same = TrainConfig.from_dict(dict(eval_report.get("recipe", {}))).to_dict() == cfg.to_dict()
@@ -425,21 +437,28 @@ def _reliable_from_report(dataset: AUDataset, cfg: TrainConfig, eval_report: Map
         raise TrainConfigError("the evaluation report has another AU label space")
     if "rows" in eval_report:
         try:
-            verdicts = CROSS_DATASET.verdicts(eval_report)
+            verdicts = KAPPA_RULE.verdicts(eval_report, positive_ratio)
         except (KeyError, TypeError) as exc:
             raise TrainConfigError(f"the evaluation report cannot decide the reliable AUs ({exc})") from exc
         chosen = [au for au, v in verdicts.items() if v["reliable"]]
         metrics = dict(eval_report)
         metrics["reliable"] = chosen
-        metrics["reliable_rule"] = CROSS_DATASET.describe()
+        metrics["reliable_rule"] = KAPPA_RULE.describe()
         metrics["verdicts"] = verdicts
-        return chosen, CROSS_DATASET.describe(), metrics
+        return chosen, KAPPA_RULE.describe(), metrics
     try:
         chosen = RELIABILITY.apply(eval_report["tables"])
     except (KeyError, TypeError) as exc:
         raise TrainConfigError(f"the evaluation report has no per-AU tables ({exc})") from exc
     rule_text = RELIABILITY.describe()
     return chosen, rule_text, checkpoint_metrics(eval_report, chosen, rule_text)
+
+
+def calibrated_mask(au_names: Sequence[str], positives: Sequence[float], ratios: Mapping[str, float]) -> list[bool]:
+    """Which AUs' thresholds decide (`_c`, `aus`): >= CALIBRATED_MIN training positives, and a threshold that marks at
+    most KAPPA_RULE.max_positive_ratio x the prevalence positive on the training data (an unknown ratio: no)."""
+    return [int(n) >= CALIBRATED_MIN and float(ratios.get(au, math.nan)) <= KAPPA_RULE.max_positive_ratio
+            for au, n in zip(au_names, positives, strict=True)]
 
 
 def train_checkpoint(
@@ -455,19 +474,23 @@ def train_checkpoint(
     than CALIBRATED_MIN positives get no usable threshold (``calibrated`` False). Returns (sha256, fit, reliable)."""
     if cfg.ensemble != 1:
         raise TrainConfigError("train writes one model per checkpoint: use ensemble = 1 (ensembles are for evaluate)")
-    metrics: dict[str, Any] | None = None
-    if eval_report is not None:
-        chosen, rule_text, metrics = _reliable_from_report(dataset, cfg, eval_report)
-    else:
-        chosen = RELIABILITY.apply_without_metrics(dataset.au_names, dataset.labels[dataset.au_mask].sum(0))
-        rule_text = RELIABILITY.describe_without_metrics()
-    reliable = [au in chosen for au in dataset.au_names]
+    if eval_report is not None:  # a report that cannot back this recipe and data fails before any training
+        _reliable_from_report(dataset, cfg, eval_report, {})
     n_emo = len(dataset.emotion_classes) if dataset.emotions is not None else 0
     targets = Targets(au_mask=dataset.au_known, emotions=dataset.emotions, n_emotions=n_emo)
     fit = fit_htnet(dataset.images, dataset.labels, dataset.subjects, cfg, progress, targets, dataset.encoding)
     counts = dataset.labels[dataset.au_mask].sum(0)
     positives = {au: int(s) for au, s in zip(dataset.au_names, counts, strict=True)}
-    calibrated = [int(s) >= CALIBRATED_MIN for s in counts]
+    ratios = {au: float(r) for au, r in zip(dataset.au_names, fit.positive_ratio, strict=True)} \
+        if fit.positive_ratio is not None else {}
+    metrics: dict[str, Any] | None = None
+    if eval_report is not None:
+        chosen, rule_text, metrics = _reliable_from_report(dataset, cfg, eval_report, ratios)
+    else:
+        chosen = RELIABILITY.apply_without_metrics(dataset.au_names, counts)
+        rule_text = RELIABILITY.describe_without_metrics()
+    reliable = [au in chosen for au in dataset.au_names]
+    calibrated = calibrated_mask(dataset.au_names, counts, ratios)
     meta = {
         "input": {"encoding": dataset.encoding},
         "training": {
@@ -478,7 +501,12 @@ def train_checkpoint(
             "recipe": cfg.to_dict(),
             "thresholds": "per-AU best F1 on inner group-k-fold out-of-fold probabilities over the training subjects",
             "reliable_rule": rule_text,
-            "calibrated_rule": f"an AU's threshold is used only with >= {CALIBRATED_MIN} training positives",
+            "calibrated_rule": f"an AU's threshold is used only with >= {CALIBRATED_MIN} training positives and when it "
+                               f"marks at most {KAPPA_RULE.max_positive_ratio:g}x its training prevalence positive",
+            "positive_ratio": ratios,
+            "emotion_bar": fit.emotion_bar if n_emo else None,
+            "emotion_bar_rule": (f"the lowest class probability at which the inner-fold out-of-fold emotion predictions "
+                                 f"are right >= {EMOTION_MIN_PRECISION:g} of the time; below it: uncertain"),
         },
         "calibrated": calibrated,
         "metrics": metrics,

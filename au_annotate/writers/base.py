@@ -57,6 +57,21 @@ class WriteContext:
     input_root: Path | None = None
     au_names: tuple[str, ...] = ()  # the model's AU order; gives a zero-segment CSV its AU columns
     uncalibrated: tuple[str, ...] = ()  # reported AUs without a calibrated threshold (no `_c` column), for that header
+    thresholds: tuple[tuple[str, float], ...] = ()  # (AU, decision threshold) of the reported AUs that have one
+
+
+DECISIONS = ("an AU is present (_c = 1, in `aus`) when its probability >= its threshold; AU presence, the FACS-rule "
+             "emotion and the model emotion are decided on micro windows only (the model was trained on "
+             "micro-expression apex flow): macro and blink windows carry probabilities only; the model emotion is "
+             "given on micro windows of quality ok, `uncertain` below the checkpoint's bar")
+
+
+def thresholds_text(ctx: WriteContext) -> str:
+    """`AU04 0.412, AU07 0.300; probability only: AU01` (the header line of the CSV, the report's overview)."""
+    text = ", ".join(f"{au} {thr:.3f}" for au, thr in ctx.thresholds)
+    if ctx.uncalibrated:
+        text += ("; " if text else "") + "probability only: " + ", ".join(ctx.uncalibrated)
+    return text or "none"
 
 
 class Writer(ABC):

@@ -26,6 +26,7 @@ import pandas as pd
 from au_annotate.fileio import atomic_open
 from au_annotate.records import VideoResult
 from au_annotate.writers.base import (
+    DECISIONS,
     FLOAT_COLUMNS,
     STRING_COLUMNS,
     TOOL_NAME,
@@ -34,6 +35,7 @@ from au_annotate.writers.base import (
     au_names_of,
     segments_dataframe,
     settings_json,
+    thresholds_text,
     utc_now,
 )
 
@@ -55,6 +57,8 @@ def _header_lines(ctx: WriteContext, extra: Sequence[tuple[str, str]]) -> list[s
         _comment("created", utc_now()),
         _comment("score", "the spotting signal at the apex as a multiple of the threshold the window was held to (1.0 = "
                           "just reported)"),
+        _comment("thresholds", thresholds_text(ctx)),
+        _comment("decisions", DECISIONS),
     ]
     lines += [_comment(k, v) for k, v in extra]
     lines.append(_comment("settings", settings_json(ctx)))

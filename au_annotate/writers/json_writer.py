@@ -19,7 +19,15 @@ from typing import Any
 
 from au_annotate.fileio import atomic_open
 from au_annotate.records import Segment, VideoResult
-from au_annotate.writers.base import LEAD_COLUMNS, WriteContext, Writer, au_names_of, jsonable, run_metadata
+from au_annotate.writers.base import (
+    DECISIONS,
+    LEAD_COLUMNS,
+    WriteContext,
+    Writer,
+    au_names_of,
+    jsonable,
+    run_metadata,
+)
 
 SCHEMA = "au-annotate/segments-v1"
 
@@ -76,6 +84,8 @@ def video_document(result: VideoResult, ctx: WriteContext) -> dict[str, Any]:
             }
         ),
         "score_unit": SCORE_UNIT,
+        "thresholds": {au: thr for au, thr in ctx.thresholds},  # AUs without one: probability only (au_names)
+        "decisions": DECISIONS,
         "au_names": list(au_names_of(result.segments, ctx.au_names)),
         "segments": [segment_dict(s) for s in result.segments],
     }

@@ -44,7 +44,15 @@ from matplotlib.ticker import FuncFormatter
 from au_annotate.fileio import atomic_open
 from au_annotate.quality import INSENSITIVE_PCT_IOD
 from au_annotate.records import RunReport, Segment, VideoResult, Window, WindowStrip
-from au_annotate.writers.base import TOOL_NAME, WriteContext, au_names_of, jsonable, utc_now
+from au_annotate.writers.base import (
+    DECISIONS,
+    TOOL_NAME,
+    WriteContext,
+    au_names_of,
+    jsonable,
+    thresholds_text,
+    utc_now,
+)
 from au_annotate.writers.tiers import au_description
 
 log = logging.getLogger(__name__)
@@ -671,6 +679,7 @@ def render_report(report: RunReport, ctx: WriteContext, agreement: object | None
                    + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>")
     out.append('<p class="muted">score: the spotting signal at the apex as a multiple of the threshold the window was '
                "held to (1.0 = just reported; --sensitivity divides the threshold)</p>")
+    out.append(f'<p class="muted thresholds">AU thresholds: {_e(thresholds_text(ctx))}. {_e(DECISIONS)}.</p>')
     if report.skipped_files:
         out.append(f'<p class="muted">{len(report.skipped_files)} non-video files skipped</p>')
     shown = [i for i, r in enumerate(results) if r.segments or r.status not in ("failed", "no_face")]
