@@ -290,7 +290,8 @@ class VideoRun:
             if pair is None:
                 continue
             onset_face, apex_face = pair
-            pic = picture_for(self.settings.input_layout, onset_face.crop, apex_face.crop, apex_face.landmarks)
+            pic = picture_for(self.settings.input_layout, onset_face.crop, apex_face.crop, apex_face.landmarks,
+                              self.settings.tvl1)
             offset_s = at(w.offset, self.last_pts if w.offset >= self.last_index else apex_face.pts_s)
             thumb = cv2.resize(apex_face.crop, (THUMB_SIZE, THUMB_SIZE), interpolation=cv2.INTER_AREA)
             self.samples.append(FlowSample(face_id=apex_face.face_id, window=w, onset_s=at(w.onset, onset_face.pts_s),

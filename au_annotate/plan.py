@@ -16,6 +16,7 @@ from au_annotate.discover import DiscoverError, Discovery, discover
 from au_annotate.engines import Engine, EngineError, get_engine
 from au_annotate.errors import AnnotateError
 from au_annotate.face import parse_faces
+from au_annotate.flow import TVL1_PRESETS
 from au_annotate.manifest import Manifest, output_key, segments_from_csv
 from au_annotate.ranges import assign_ranges
 from au_annotate.records import VideoJob, VideoResult
@@ -87,6 +88,8 @@ def _check_options(settings: Settings) -> None:
     parse_faces(settings.faces)
     if not isinstance(settings.stall_timeout_s, int | float) or not settings.stall_timeout_s > 0:
         raise ValueError(f"stall_timeout_s must be a positive number of seconds, got {settings.stall_timeout_s!r}")
+    if settings.tvl1 not in TVL1_PRESETS:
+        raise ValueError(f"tvl1 must be one of {', '.join(TVL1_PRESETS)}, got {settings.tvl1!r}")
 
 
 def settings_for_model(settings: Settings, model: ModelBundle) -> Settings:

@@ -44,6 +44,7 @@ class Settings:
     spotter: str = "roi-flow"
     spot: dict[str, Any] = field(default_factory=dict)  # overrides of au_annotate.spot.SpotConfig fields
     # flow / model
+    tvl1: str = "exact"  # TV-L1 of the HTNet encoding: exact (OpenCV's defaults, ~0.35 s a window) | fast (~0.035 s)
     input_layout: str = "auto"  # auto (the checkpoint's) | face (seed: whole face) | mosaic (official HTNet: 4 patches)
     weights: str | None = None  # None = the shipped default checkpoint; else a registry name or a path
     au_order: str | None = None  # None = the checkpoint's own; "seed25" for the seed's plain state dict

@@ -75,7 +75,7 @@ REGISTRY: dict[str, WeightsEntry] = {
     DEFAULT_WEIGHTS: WeightsEntry(
         name=DEFAULT_WEIGHTS,
         filename="htnet-megc.pt",
-        sha256="3d4e53c9eaf985346cb9ef6d2d6ffff5d66f63cf4f5455bd4f6facb7b06e74c1",
+        sha256="0b7e75b54edc5fa1bd737310fd8314188082f4da1f102301b802a725e62e7b00",
         url=None,
         au_order=None,
         description="au-annotate HTNet on the MEGC2019 composite (HTNet TV-L1 u/v/strain encoding; AUs from SAMM + "

@@ -38,3 +38,25 @@ def test_strain_channel_pixel_exact_on_a_bilinear_flow() -> None:
     uv = np.round(255 * X * Y / ((N - 1) ** 2)).astype(np.uint8)  # a*x*y and b*x*y: 0 at (0, 0), largest at (27, 27)
     np.testing.assert_array_equal(pic[..., 0], uv)
     np.testing.assert_array_equal(pic[..., 1], uv)
+
+
+def test_product_tvl1_agrees_with_opencv_defaults_on_a_real_face() -> None:
+    """`--tvl1 fast` (flow.FAST_TVL1: a 112 px square, 3 scales, 1 warp, 5 x 10 iterations) gives the picture
+    OpenCV's defaults (the default, `exact`) give on a smooth deformation of a real face (skimage's astronaut): same
+    channels to r > 0.9, and the flow is computed on the 112 px square."""
+    import cv2
+    from skimage import data
+
+    from au_annotate.flow import FAST_TVL1, OPENCV_TVL1, PRODUCT_TVL1, htnet_picture, picture_for, tvl1_flow
+
+    face = cv2.cvtColor(data.astronaut()[20:244, 140:364], cv2.COLOR_RGB2GRAY)  # 224 x 224 around the face
+    yy, xx = np.mgrid[0:224, 0:224].astype(np.float32)
+    bump = np.exp(-((xx - 112) ** 2 + (yy - 90) ** 2) / (2 * 25.0**2))  # a brow-like local raise
+    moved = cv2.remap(face, xx + 2.0 * bump, yy + 3.0 * bump, cv2.INTER_LINEAR)  # u and v both carry the movement
+    assert PRODUCT_TVL1 == OPENCV_TVL1  # the default stays OpenCV's defaults (docs/au-model.md, "TV-L1 cost")
+    assert FAST_TVL1.side == 112 and tvl1_flow(face[:150, :150], moved[:150, :150], FAST_TVL1).shape == (112, 112, 2)
+    fast = picture_for("face:htnet-uvs", face, moved, None, "fast").astype(float)
+    slow = picture_for("face:htnet-uvs", face, moved, None).astype(float)
+    assert np.array_equal(slow, htnet_picture(face, moved))
+    for c in range(3):
+        assert np.corrcoef(fast[..., c].ravel(), slow[..., c].ravel())[0, 1] > 0.9, c

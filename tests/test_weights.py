@@ -360,3 +360,21 @@ def test_default_weights_are_pinned_to_the_shipped_file(tmp_path: Path, monkeypa
     assert {r.entry.name: r.checksum for r in list_weights()}[name] == "MISMATCH"
     out = CliRunner().invoke(main, ["weights", "list"]).stdout.splitlines()
     assert any(line.startswith(f"{name} ") and f" MISMATCH (pinned {entry.sha256[:12]}) " in line for line in out)
+
+
+def test_shipped_default_states_and_follows_the_kappa_rule() -> None:
+    """The default checkpoint's rule text is the code's (KappaRule.describe), its model card quotes it verbatim, its
+    reported AUs are what the rule gives on its stored evaluation, and none of them lacks a deciding threshold."""
+    from au_annotate.training.reliability import KAPPA_RULE
+    from au_annotate.weights import DEFAULT_WEIGHTS, load_weights
+
+    loaded = load_weights(DEFAULT_WEIGHTS)
+    training = loaded.meta["training"]
+    assert training["reliable_rule"] == KAPPA_RULE.describe()
+    card = (Path(__file__).resolve().parents[1] / "weights" / "MODEL_CARD.htnet-megc.md").read_text(encoding="utf-8")
+    assert KAPPA_RULE.describe() in card
+    reported = [a for a, r in zip(loaded.au_names, loaded.reliable, strict=True) if r]
+    assert reported == KAPPA_RULE.apply(loaded.meta["metrics"], training["positive_ratio"])
+    calibrated = dict(zip(loaded.au_names, loaded.calibrated, strict=True))
+    assert reported and all(calibrated[a] and training["positive_ratio"][a] <= 2 for a in reported)
+    assert 0 < training["emotion_bar"] < 1
