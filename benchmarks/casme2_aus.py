@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from casme2_spotting import DATA, FPS, clip_frames, read_clips  # noqa: E402
+from casme2_spotting import DATA, FPS, padded_clip, read_clips  # noqa: E402
 
 from au_annotate.face import FaceTracker  # noqa: E402
 from au_annotate.facs import FACSParseError, parse  # noqa: E402
@@ -52,10 +52,7 @@ def spot_clip(args: tuple[str, dict[str, str], float]) -> dict[str, Any]:
     """The clip through tracker and spotter; the flow picture of its best-matching reported window (or none)."""
     data, row, pad_s = args
     cv2.setNumThreads(1)
-    frames = clip_frames(Path(data), row)
-    pad = int(round(pad_s * FPS))
-    seq = [frames[0]] * pad + frames + [frames[-1]] * pad
-    gt = (pad, pad + len(frames) - 1)
+    seq, gt = padded_clip(Path(data), row, pad_s)
     tracker = FaceTracker(FPS)
     spotter = make_spotter("roi-flow", FPS)
     faces, windows = {}, []

@@ -67,14 +67,20 @@ def clip_frames(data: Path, row: dict[str, str]) -> list[np.ndarray]:
     return out
 
 
+def padded_clip(data: Path, row: dict[str, str], pad_s: float) -> tuple[list[np.ndarray], tuple[int, int]]:
+    """The clip's frames with its first and last frame held `pad_s` seconds around them, and the clip's own frame
+    range in that stream (the ground-truth window)."""
+    frames = clip_frames(data, row)
+    pad = int(round(pad_s * FPS))
+    return [frames[0]] * pad + frames + [frames[-1]] * pad, (pad, pad + len(frames) - 1)
+
+
 def run_clip(args: tuple[str, dict[str, str], float, list[str], dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """Track once, spot with every configuration; the windows and the score of each."""
     data, row, pad_s, names, configs = args
     cv2.setNumThreads(1)
-    frames = clip_frames(Path(data), row)
-    pad = int(round(pad_s * FPS))
-    seq = [frames[0]] * pad + frames + [frames[-1]] * pad
-    gt = (pad, pad + len(frames) - 1)
+    seq, gt = padded_clip(Path(data), row, pad_s)
+    frames = seq[gt[0] : gt[1] + 1]
     tracker = FaceTracker(FPS)
     spotters = {n: make_spotter("roi-flow", FPS, configs[n]) for n in names}
     windows: dict[str, list] = {n: [] for n in names}
