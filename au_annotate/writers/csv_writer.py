@@ -59,6 +59,8 @@ def _header_lines(ctx: WriteContext, extra: Sequence[tuple[str, str]]) -> list[s
                           "just reported)"),
         _comment("thresholds", thresholds_text(ctx)),
         _comment("decisions", DECISIONS),
+        _comment("emotions", "emotion = a FACS rule on the reported AUs (rule names it); emotion_model = the model's own "
+                              "3-class emotion (negative, positive, surprise or uncertain) with its probability"),
     ]
     lines += [_comment(k, v) for k, v in extra]
     lines.append(_comment("settings", settings_json(ctx)))
