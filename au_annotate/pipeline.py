@@ -113,8 +113,9 @@ class VideoRun:
         self.floors: dict[str, DetectionFloor] = {}  # per face id: how small a movement its spotter could see
         self.signals = _Signals()  # the report's timeline follows face0 (the largest face at first detection)
         self.tracks: dict[str, Spotter] = {}  # per face id: its own spotter (which keeps that face's recent crops)
-        self.keep_blinks = SpotConfig.from_any(settings.spot).blinks == "label"  # the one default: SpotConfig's
-        self.keep_gated = SpotConfig.from_any(settings.spot).gated == "label"  # windows whose quality is not "ok"
+        spot = SpotConfig.from_any(settings.spot)  # the one source of the spotting defaults
+        self.keep_blinks = spot.blinks == "label"
+        self.keep_gated = spot.gated == "label"  # windows whose quality is not "ok"
         self.pictures = settings.report  # frame strips and previews of every window, for the HTML report (strips.py)
         self.strips_made = 0
         self.near: dict[str, list[tuple[float, int, int, Window]]] = {}  # per face: the strongest below-threshold peaks

@@ -114,7 +114,7 @@ class RoiFlowSpotter:
         self._iod_last = -1.0
         self._floor_every = frames(FLOOR_EVERY_S)
         self._floor_next = 0
-        self._near_run: list[float] | None = None  # open sub-threshold micro run: [apex frame, value, reached 1.0]
+        self._near_run: tuple[int, float, bool] | None = None  # open micro run: apex frame, its value, reached 1.0
         self._near: list[Window] = []  # closed sub-threshold peaks, until near_misses() takes them
         self._keep_near = near_misses  # record them at all (for a report): off, the spotter's state stays as it was
         # the face state around candidate windows (au_annotate.facestate): dense landmarks on demand, cached per frame
@@ -251,17 +251,13 @@ class RoiFlowSpotter:
         below_threshold, so a coder sees what the spotter almost took)."""
         run = self._near_run
         if value >= NEAR_MISS:
-            if run is None:
-                self._near_run = [float(index), value, float(value >= 1.0)]
-            else:
-                if value > run[1]:
-                    run[0], run[1] = float(index), value
-                run[2] = max(run[2], float(value >= 1.0))
+            apex, peak = (index, value) if run is None or value > run[1] else run[:2]
+            self._near_run = (apex, peak, value >= 1.0 or (run is not None and run[2]))
             return
         if run is not None and not run[2] and len(self._near) < MAX_NEAR:  # closed without reaching the threshold
-            apex = int(run[0])
+            apex, peak, _ = run
             self._near.append(Window(onset=max(0, apex - self.k), apex=apex, offset=apex + self.k,
-                                     score=round(run[1], 4), kind="micro", reason="below_threshold"))
+                                     score=round(peak, 4), kind="micro", reason="below_threshold"))
         self._near_run = None
 
     def _collect(self, final: bool) -> list[Window]:
