@@ -473,3 +473,17 @@ def test_a_shot_cut_every_second_gives_no_window() -> None:
         windows += sp.process_frame(f.index, f.pts_s, face)
     windows += sp.flush()
     assert windows == []
+
+
+def test_a_track_that_starts_late_is_not_blind() -> None:
+    """A face that first appears at frame 150 (a new track, a time range) gets its spotter then: it must see the same
+    movement as a spotter fed from frame 0 (it used to wait forever for the partner of step 0: no signal at all)."""
+    events = [PlantedEvent("lip_corner_pull", 7.0, 7.2, 7.4, 3.0)]
+    frames = [(f.index, f.pts_s, crop_aligned(f, quantum=2.0)) for f in iter_frames(fps=30.0, duration_s=10.0,
+                                                                                     size=SIZE, events=events)]
+    got = {}
+    for start in (0, 150):
+        sp = make_spotter("roi-flow", 30.0)
+        out = [w for i, t, face in frames[start:] for w in sp.process_frame(i, t, face)] + sp.flush()
+        got[start] = [(w.onset, w.apex, w.offset, w.kind) for w in out]
+    assert got[150] == got[0] and any(w[3] == "micro" and abs(w[1] - 216) <= 3 for w in got[0]), got
