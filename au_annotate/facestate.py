@@ -45,6 +45,7 @@ BLINK_REF_S = 0.15  # open-eye reference samples this long before the onset and 
 WINDOW_SAMPLES = 6  # landmark samples inside a window (evenly spaced, onset and offset included)
 
 _R = POINTS
+BROW_POINTS = (70, 63, 105, 66, 107, 300, 293, 334, 296, 336)  # the upper edge of both brows (canonical mesh)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class FaceStateSample:
     roll: float  # in-plane head rotation (eye line angle)
     iod: float  # inter-ocular distance in crop pixels
     stable: np.ndarray  # (len(STABLE), 3) the stable points, for the rigid fit between samples
+    # expression geometry in the head's own 3-D frame (`head_frame`), in IODs: what a held expression changes
+    brows: float = math.nan  # mean height of the brows above the eye centres (a raise: up; a frown: down)
+    brow_gap: float = math.nan  # distance between the inner ends of the brows (a frown knits them)
+    corners: float = math.nan  # mean height of the mouth corners below the eye centres (a smile lifts them)
+    mouth_w: float = math.nan  # mouth width, corner to corner (a smile widens it, a pucker narrows it)
 
     @property
     def eyes(self) -> float:
@@ -118,9 +124,42 @@ def sample_from_mesh(index: int, mesh: Mesh) -> FaceStateSample | None:
         return float(np.mean(gaps)) / width
 
     dx, dy = c_l - c_r
+    brows, brow_gap, corners, mouth_w = head_geometry(p)
     return FaceStateSample(index=index, presence=mesh.presence, eye_r=eye("r"), eye_l=eye("l"),
                            mouth=_dist(p, "lip_upper_inner", "lip_lower_inner") / iod,
-                           roll=math.degrees(math.atan2(dy, dx)), iod=iod, stable=p[list(STABLE)].astype(np.float64))
+                           roll=math.degrees(math.atan2(dy, dx)), iod=iod, stable=p[list(STABLE)].astype(np.float64),
+                           brows=brows, brow_gap=brow_gap, corners=corners, mouth_w=mouth_w)
+
+
+def head_geometry(p: np.ndarray) -> tuple[float, float, float, float]:
+    """(brows, brow_gap, corners, mouth_w) of a 478-point mesh in the head's own 3-D frame, in IODs.
+
+    The frame: x from the right to the left eye centre (3-D), y perpendicular to x towards the chin, in the plane of
+    x and the nose-bridge -> forehead line; heights are along y from the midpoint of the eye centres. Built from
+    points that no expression moves, so a turned or tilted head gives the same numbers (as far as the mesh's depth is
+    right), and in IODs, so any face size does."""
+    p = p.astype(np.float64)
+    c_r = 0.5 * (p[_R["eye_r_outer"]] + p[_R["eye_r_inner"]])
+    c_l = 0.5 * (p[_R["eye_l_outer"]] + p[_R["eye_l_inner"]])
+    ex = c_l - c_r
+    iod = float(np.linalg.norm(ex))
+    if iod < 1e-6:
+        return (math.nan,) * 4
+    ex /= iod
+    down = p[_R["nose_bridge"]] - p[_R["forehead"]]
+    ey = down - float(down @ ex) * ex
+    n = float(np.linalg.norm(ey))
+    if n < 1e-6:
+        return (math.nan,) * 4
+    ey /= n
+    mid = 0.5 * (c_r + c_l)
+
+    def height(idx: Sequence[int]) -> float:  # mean position along y (towards the chin), in IODs
+        return float(np.mean((p[list(idx)] - mid) @ ey)) / iod
+
+    corners = (_R["mouth_r"], _R["mouth_l"])
+    return (-height(BROW_POINTS), float(np.linalg.norm(p[_R["brow_r_inner"]] - p[_R["brow_l_inner"]])) / iod,
+            height(corners), float(np.linalg.norm(p[corners[0]] - p[corners[1]])) / iod)
 
 
 def rotation_deg(a: np.ndarray, b: np.ndarray) -> float:

@@ -95,13 +95,17 @@ def label_window(frames: Sequence[FrameSignals | None], steps: Sequence[StepSign
     return "ok"
 
 
+MESH_MIN_SAMPLES = 3  # sampled frames (one every 2 s) before the landmark coverage is judged by frames, not windows
+
+
 def video_warning(fps: float, frames: int, frames_with_face: int, reported: int, gated: Sequence[str],
-                  floor_pct_iod: float | None = None, contexts: Sequence[str] = ()) -> str | None:
+                  floor_pct_iod: float | None = None, contexts: Sequence[str] = (),
+                  mesh: tuple[int, int] = (0, 0)) -> str | None:
     """One line for the run manifest when a video's spotting is not to be trusted (None when nothing to say).
 
     `reported` counts the windows written with quality ok, `gated` lists the other windows' quality labels,
     `floor_pct_iod` is the main face's detection floor (records.DetectionFloor.pct_iod), `contexts` every window's
-    face-state context (records.Window.context)."""
+    face-state context (records.Window.context), `mesh` the main face's (sampled frames, with a landmark mesh)."""
     notes = []
     if 0 < fps < 10:
         notes.append(f"{fps:.3g} fps is too slow for micro-expressions (0.2-0.5 s span 1-5 frames)")
@@ -114,7 +118,12 @@ def video_warning(fps: float, frames: int, frames_with_face: int, reported: int,
         top = ", ".join(f"{q} x{n}" for q, n in sorted(counts.items(), key=lambda kv: -kv[1]))
         notes.append(f"{len(gated)} of {len(gated) + reported} candidate windows not reported ({top})")
     lost = sum("no_landmarks" in c.split("+") for c in contexts)
-    if len(contexts) >= 3 and lost > len(contexts) / 2:
+    sampled, found = mesh
+    if sampled >= MESH_MIN_SAMPLES and found < 0.5 * sampled:  # by frames sampled over the whole track
+        notes.append(f"the landmark model found no face on {sampled - found} of {sampled} frames sampled every "
+                     "2 s (profile, occlusion, a dark or small face): blinks, talking and head turns were not told "
+                     "apart there")
+    elif sampled < MESH_MIN_SAMPLES and len(contexts) >= 3 and lost > len(contexts) / 2:  # short: by windows
         notes.append(f"the landmark model found no face on {lost} of {len(contexts)} windows (profile, occlusion or a "
                      "small face): blinks, talking and head turns were not told apart there")
     line = "spotting unreliable: " + "; ".join(notes) if notes else ""
@@ -169,7 +178,8 @@ def video_warnings(result: VideoResult) -> tuple[str, ...]:
         contexts = [s.context for s in result.segments] + [w.context for w in result.unreported
                                                            if w.reason != "below_threshold"]
         spot = video_warning(info.fps, result.frames, result.frames_with_face, ok, gated,
-                             main.pct_iod if main is not None else None, contexts)
+                             main.pct_iod if main is not None else None, contexts,
+                             (main.mesh_samples, main.mesh_found) if main is not None else (0, 0))
         if spot:
             out.append(f"{path}: {spot}")
     return tuple(out)

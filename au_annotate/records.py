@@ -169,10 +169,15 @@ class DetectionFloor:
     pct_iod: float  # median over the regions of each region's median threshold
     regions: tuple[tuple[str, float], ...]  # (region name, its median threshold in % of the IOD), spot.ROIS order
     steps: int  # scored micro steps behind the medians
+    mesh_samples: int = 0  # face frames the landmark model was run on at a fixed rate (0: landmarks off or unknown)
+    mesh_found: int = 0  # ... of which it found the face (blinks, talking, head pose are known only there)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form used by the manifest and the JSON writer."""
-        return {"pct_iod": self.pct_iod, "steps": self.steps, "regions": dict(self.regions)}
+        out: dict[str, Any] = {"pct_iod": self.pct_iod, "steps": self.steps, "regions": dict(self.regions)}
+        if self.mesh_samples:
+            out["landmarks"] = {"sampled_frames": self.mesh_samples, "face_found": self.mesh_found}
+        return out
 
 
 @dataclass(frozen=True, eq=False)

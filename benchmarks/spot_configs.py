@@ -11,6 +11,7 @@ from typing import Any
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "no-landmarks": {"landmarks": "off"},
+    "held": {"held": "on"},
     "return-test": {"return_ratio": 0.6},
     "spread-rule": {"spread_ratio": 0.5},
     "old-default": {"landmarks": "off", "return_ratio": 0.6, "spread_ratio": 0.5},

@@ -64,6 +64,15 @@ def test_video_warning_names_missing_landmarks() -> None:
     w = video_warning(30.0, 300, 300, 4, [], contexts=["no_landmarks", "no_landmarks", "", "no_landmarks"])
     assert w is not None and "3 of 4 windows" in w and "\n" not in w
 
+def test_video_warning_names_missing_landmarks_by_sampled_frames() -> None:
+    """With the track sampled every 2 s (>= 3 samples), the frames decide, whatever the windows say: a mesh on fewer
+    than half of them is one line; on half or more, nothing (even with every window no_landmarks)."""
+    w = video_warning(30.0, 300, 300, 0, [], mesh=(10, 4))
+    assert w is not None and "no face on 6 of 10 frames" in w and "\n" not in w
+    assert video_warning(30.0, 300, 300, 4, [], contexts=["no_landmarks"] * 4, mesh=(10, 5)) is None
+    assert "2 of 3 windows" in (video_warning(30.0, 60, 60, 3, [], contexts=["no_landmarks"] * 2 + [""],
+                                              mesh=(2, 2)) or "")
+
 
 def test_video_warning_names_a_high_detection_floor() -> None:
     """A floor at or above INSENSITIVE_PCT_IOD of the eye distance is one note of the line, below it nothing."""
@@ -105,6 +114,25 @@ def test_detection_floor_is_p_times_each_regions_noise_over_the_eye_distance(
     still.flush()
     floor = still.detection_floor()
     assert floor is not None and floor.pct_iod == pytest.approx(100 * 0.1 / iod, rel=0.018)
+
+
+def test_landmark_coverage_is_sampled_every_two_seconds_of_the_track() -> None:
+    """A rendered face for 4.5 s: the landmark model is run on frames 0, 60 and 120 and finds the face on each; with a
+    black crop from 1.5 s on it finds it only on the first; with landmarks off nothing is sampled."""
+    counts = []
+    for dark, landmarks in ((False, "on"), (True, "on"), (False, "off")):
+        sp = RoiFlowSpotter(30.0, {"landmarks": landmarks})
+        for f in iter_frames(fps=30.0, duration_s=4.5, size=SIZE, noise_sigma=2.0, seed=4):
+            face = crop_aligned(f, quantum=2.0)
+            if dark and f.pts_s >= 1.5:
+                face = dataclasses.replace(face, crop=np.zeros_like(face.crop))
+            sp.process_frame(f.index, f.pts_s, face)
+        sp.flush()
+        floor = sp.detection_floor()
+        assert floor is not None
+        counts.append((floor.mesh_samples, floor.mesh_found))
+    assert counts == [(3, 3), (3, 1), (0, 0)]
+    assert "landmarks" not in floor.as_dict()
 
 
 def test_detection_floor_rises_with_the_faces_own_motion() -> None:

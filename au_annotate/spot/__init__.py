@@ -3,8 +3,9 @@
 The parts, one module each (PySceneDetect-style: a detector interface with `process_frame` + `flush`):
 `config.py` (SpotConfig), `regions.py` (region motion: flow, face motion removed, one vector per region; steps 1-3),
 `detector.py` (one time scale: transient score, adaptive threshold, peaks; steps 4-5), `windows.py` (onset, offset,
-durations; step 6), `judge.py` (quality gate and face state; steps 7-8), `spotter.py` (RoiFlowSpotter, the recipe
-that runs them over one face and owns the rings they share; make_spotter).
+durations; step 6), `judge.py` (quality gate and face state; steps 7-8), `held.py` (held expressions, optional; step
+8), `spotter.py` (RoiFlowSpotter, the recipe that runs them over one face and owns the rings they share;
+make_spotter).
 
 The default spotter, "roi-flow", follows the no-training optical-flow recipe (He et al., MEGC 2021) adapted to a
 stream:
@@ -43,6 +44,9 @@ stream:
    tracking_lost, lighting) from the template score, crop brightness, the rigid fit's rotation/scale and the spread
    of the residual over the face around it; the pipeline reports only "ok" ones unless `gated = "label"`. An optional
    local noise level (`context_s`) raises a region's threshold while that region keeps moving around the event.
+   Held expressions (`held = "on"`, off by default; held.py): a change of the brows or the mouth that stays, proposed
+   by the macro motion and confirmed by the landmarks' geometry in the head's own frame, is a macro window with context
+   `held`; a detector's window that starts such a change becomes that window (one window per movement).
 9. Detection floor (`detection_floor()`, records.DetectionFloor): the thresholds each region was held to, as medians
    over the stream in % of the inter-ocular distance, so a video that yields nothing says how small a movement it
    could have shown (bounded histograms; measured in docs/spotting.md, round 8).

@@ -61,6 +61,8 @@ class SpotConfig:
     head_ratio: float = 1.0  # gate: head_motion when the rigid motion exceeds this multiple of the event's motion (used
     # only where the landmark model gives no head pose: with landmarks, head motion comes from the pose)
     landmarks: str = "on"  # on: blinks, speech, head pose and occlusion from dense landmarks (facestate.py); off: none
+    held: str = "off"  # on: held expressions (a smile, frown, brow raise that stays) as macro windows, proposed by the
+    # flow and confirmed by the landmarks (spot/held.py; needs landmarks on); off: only movements that go and return
 
     @staticmethod
     def from_any(config: SpotConfig | dict[str, Any] | None) -> SpotConfig:
@@ -86,8 +88,8 @@ class SpotConfig:
             raise SpotError(f"blinks must be one of {', '.join(BLINK_OPTIONS)}, got {self.blinks!r}")
         if self.gate not in ("label", "off") or self.gated not in ("drop", "label"):
             raise SpotError(f"gate must be label or off and gated drop or label, got {self.gate!r}, {self.gated!r}")
-        if self.landmarks not in ("on", "off"):
-            raise SpotError(f"landmarks must be on or off, got {self.landmarks!r}")
+        if self.landmarks not in ("on", "off") or self.held not in ("on", "off"):
+            raise SpotError(f"landmarks and held must be on or off, got {self.landmarks!r}, {self.held!r}")
         if self.motion_model not in MOTION_DEGREES:
             raise SpotError(f"motion_model must be one of {', '.join(MOTION_DEGREES)}, got {self.motion_model!r}")
         if self.context_s < 0:

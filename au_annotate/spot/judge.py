@@ -8,7 +8,7 @@ from collections import deque
 
 import numpy as np
 
-from au_annotate.facestate import FaceStateCache, WindowContext, explain, plan_samples
+from au_annotate.facestate import FaceStateCache, FaceStateSample, WindowContext, explain, plan_samples
 from au_annotate.quality import GateConfig, label_window
 from au_annotate.spot.config import SpotConfig
 from au_annotate.spot.detector import _Candidate, _Detector, _eye_area_led, _History, _Ring
@@ -56,11 +56,9 @@ class WindowJudge:
         taken only when the window is not an eye-led blink (the model costs ~9 ms a call)."""
         if self.states is None:
             return None
-        states = self.states
 
-        def sample(i: int):  # noqa: ANN202 - FaceStateSample | None
-            item = self.crops.get(i) if 0 <= i <= newest else None
-            return states.get(i, item[3].crop if item is not None else None)
+        def sample(i: int) -> FaceStateSample | None:
+            return self.sample(i, newest)
 
         inside, refs, span = plan_samples(onset, cand.apex, offset, self.fps)
         a, b = [sample(i) for i in inside], [sample(i) for i in refs]
@@ -68,4 +66,11 @@ class WindowJudge:
         if eyes.landmarks and eyes.blink and _eye_area_led(cand):
             return eyes
         return explain(a, b, [sample(i) for i in span])
+
+    def sample(self, index: int, newest: int) -> FaceStateSample | None:
+        """The face state of a frame the ring still holds (cached; None: no face, no mesh, landmarks off, or gone)."""
+        if self.states is None:
+            return None
+        item = self.crops.get(index) if 0 <= index <= newest else None
+        return self.states.get(index, item[3].crop if item is not None else None)
 

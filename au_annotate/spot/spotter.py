@@ -3,6 +3,7 @@ face's stream, and owns the rings they share (crops, timestamps, gate signals). 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -10,12 +11,13 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from au_annotate.facestate import FaceStateCache
+from au_annotate.facestate import FaceStateCache, FaceStateSample
 from au_annotate.megc import iou
 from au_annotate.quality import FrameSignals
 from au_annotate.records import AlignedFace, DetectionFloor, Window
 from au_annotate.spot.config import SpotConfig, SpotError
 from au_annotate.spot.detector import _Candidate, _Detector, _eye_area_led, _History, _LevelRecord, _Ring
+from au_annotate.spot.held import HeldDetector, HeldStep
 from au_annotate.spot.judge import WindowJudge
 from au_annotate.spot.regions import REF_SIZE, ROI_NAMES, RegionMotion
 from au_annotate.spot.windows import WindowBuilder
@@ -24,6 +26,7 @@ SignalHook = Callable[[str, int, float], None]  # on_signal("micro" | "macro" | 
 NEAR_MISS = 0.6  # a micro peak that reaches this share of its threshold but not 1.0 is kept aside as below_threshold
 MAX_NEAR = 256  # sub-threshold peaks held until near_misses() takes them (bounded if nobody does)
 FLOOR_EVERY_S = 0.5  # the detection floor is sampled for the report's strip this often
+MESH_EVERY_S = 2.0  # the landmark model's coverage of a track is sampled this often (~2.5 ms of CPU a second)
 
 
 class Spotter(Protocol):
@@ -98,6 +101,18 @@ class RoiFlowSpotter:
         # a window closes at most max(radius, gap + delay) frames after its apex (+ warm-up at the stream start), and
         # its onset is at most `longest` frames before the apex
         self.max_latency_frames = longest + max(longest, 2 * gap_max) + delay + 2 * warmup_frames + 2
+        # held expressions (held.py): proposed by the macro detector's motion, confirmed by the landmarks once the
+        # micro detector has decided the same stretch (so a movement it reports is not reported twice)
+        macro_det = next((d for d in self.detectors if d.name == "macro"), None)
+        self.held: HeldDetector | None = None
+        self._held_wait = 0
+        if cfg.held == "on" and cfg.landmarks == "on" and macro_det is not None:
+            self.held = HeldDetector(self.fps, macro_det.k * macro_det.stride, sens)
+            self._held_wait = max((2 * d.gap + (d.k_hi + d.half + 1) * d.stride + d.radius
+                                   for d in self.detectors if d.name == "micro"), default=0)
+            # every micro/macro window waits H after its offset for the held test (`_claim`)
+            self.max_latency_frames = max(self.max_latency_frames + self.held.hold + self.held.grid + 1,
+                                          self.held.latency + self._held_wait)
         self.crop_ring_size = self.max_latency_frames + 2
         self.crops = _Ring(self.crop_ring_size)  # (small crop, small landmarks, (face_id, epoch), AlignedFace) per frame
         self.times = _Ring(self.crop_ring_size)  # every frame's timestamp (seconds), for real window durations
@@ -110,10 +125,14 @@ class RoiFlowSpotter:
         self.qsteps = {d.name: _Ring(self.crop_ring_size) for d in self.detectors}  # _StepFit per sampled frame
         self._match_hist = _History(frames(cfg.history_s), 1, frames(0.5))
         self._emitted: list[Window] = []  # recent windows, to resolve micro/macro overlaps (bounded below)
+        self._deferred: list[Window] = []  # windows waiting for the held test (held on only)
         self._iods = _LevelRecord(1, 4.0, 1e3)  # inter-ocular distance of every face frame, px of a 224-px crop
         self._iod_last = -1.0
         self._floor_every = frames(FLOOR_EVERY_S)
         self._floor_next = 0
+        self._mesh_every = frames(MESH_EVERY_S)
+        self._mesh_next = -1  # next face frame whose mesh is sampled for the coverage (-1: the first face frame)
+        self._mesh_counts = [0, 0]  # sampled face frames, of which with a mesh
         self._near_run: tuple[int, float, bool] | None = None  # open micro run: apex frame, its value, reached 1.0
         self._near: list[Window] = []  # closed sub-threshold peaks, until near_misses() takes them
         self._keep_near = near_misses  # record them at all (for a report): off, the spotter's state stays as it was
@@ -147,6 +166,8 @@ class RoiFlowSpotter:
             for det in self.detectors:
                 if index % det.stride == 0:
                     self._signal(det, det.add(index // det.stride, pts_s, None))
+                    if det.name == "macro" and self.held is not None:
+                        self.held.propose(index, 0.0)
             return self._collect(final=False)
         n = self.config.flow_size
         crop = face.crop
@@ -163,6 +184,10 @@ class RoiFlowSpotter:
         x, y, w, h = getattr(face, "box", (0.0, 0.0, 1.0, 1.0))
         self.qframes.put(index, FrameSignals(match, float(cv2.mean(small)[0]), x + w / 2, y + h / 2, max(w, h)))
         self._match_hist.push(np.array([match], np.float32))
+        if self.states is not None and index >= self._mesh_next:  # how much of the track the landmark model sees
+            self._mesh_next = index + self._mesh_every
+            self._mesh_counts[0] += 1
+            self._mesh_counts[1] += self.judge.sample(index, index) is not None
         for det in self.detectors:
             if index % det.stride:
                 continue
@@ -174,6 +199,9 @@ class RoiFlowSpotter:
                 vec = self._region_motion(prev[0], small, lm, stats=self.config.gate == "label")
                 self.qsteps[det.name].put(index, self.regions.last_step)
             self._signal(det, det.add(step, pts_s, vec))
+            if det.name == "macro" and self.held is not None:  # the largest region motion K back, in IODs
+                moved = 0.0 if vec is None else float(np.sqrt((vec * vec).sum(1)).max())
+                self.held.propose(index, moved / max(iod, 1e-6))
         return self._collect(final=False)
 
     def flush(self) -> list[Window]:
@@ -194,7 +222,8 @@ class RoiFlowSpotter:
         pct = 100.0 * det.thresholds.medians() / float(self._iods.medians()[0])
         return DetectionFloor(pct_iod=round(float(np.median(pct)), 3),
                               regions=tuple((name, round(float(v), 3)) for name, v in zip(ROI_NAMES, pct, strict=True)),
-                              steps=det.thresholds.total)
+                              steps=det.thresholds.total, mesh_samples=self._mesh_counts[0],
+                              mesh_found=self._mesh_counts[1])
 
     def face_pair(self, onset: int, apex: int) -> tuple[AlignedFace, AlignedFace] | None:
         """The aligned faces of a closed window for its flow picture: the apex's own face (or the nearest earlier one in
@@ -266,8 +295,13 @@ class RoiFlowSpotter:
             for cand in det.ready(self._newest, final):
                 w = self._window(cand)
                 if w is not None and self._keep(w, cand):
-                    out.append(w)
                     self._emitted.append(w)
+                    if self.held is not None and w.kind in ("micro", "macro"):
+                        self._deferred.append(w)  # is it the start of a held expression? (`_claim`)
+                    else:
+                        out.append(w)
+        if self.held is not None:
+            out += self._held(final)
         out.sort(key=lambda w: w.onset)
         self._emitted = [w for w in self._emitted if w.offset >= self._newest - self.crop_ring_size]
         return out
@@ -282,8 +316,77 @@ class RoiFlowSpotter:
             return kind != "macro"  # long movements are the macro detector's
         if kind != "macro":
             return False  # short movements are the micro detector's
-        # a movement already reported as micro (or blink) is not reported again as macro
-        return not any(iou(onset, offset, e.onset, e.offset) >= 0.3 for e in self._emitted if e.kind != "macro")
+        # a movement already reported as micro (or blink) or as a held expression is not reported again as macro
+        return not any(iou(onset, offset, e.onset, e.offset) >= 0.3 for e in self._emitted
+                       if e.kind != "macro" or _is_held(e))
+
+    def _held(self, final: bool) -> list[Window]:
+        """Held expressions (held.py): the deferred windows whose after span is at hand, each claimed when it starts a
+        held change; then the held changes the macro motion proposed, each unless a window already covers it."""
+        assert self.held is not None
+
+        def sample(i: int) -> FaceStateSample | None:
+            return self.judge.sample(i, self._newest)
+
+        out, wait = [], []
+        for w in self._deferred:
+            if final or self._newest >= w.offset + self.held.hold + self.held.grid:
+                claimed = self._claim(w, sample)
+                if claimed is not None:
+                    out.append(claimed)
+            else:
+                wait.append(w)
+        self._deferred = wait
+        for step in self.held.ready(self._newest - self._held_wait, final, sample):
+            w = self._held_window(step)
+            if w is not None:
+                out.append(w)
+                self._emitted.append(w)
+        return out
+
+    def _claim(self, w: Window, sample: Callable[[int], FaceStateSample | None]) -> Window | None:
+        """A detector's window, or the held expression it starts (kind macro, context `held`, offset at the end of the
+        after span, score the held test's): a movement that does not come back is the onset of an ordinary expression,
+        not a micro-expression. None when a held expression already reported covers it (one window per movement)."""
+        assert self.held is not None
+        i = next(j for j, e in enumerate(self._emitted) if e is w)
+        step = self.held.confirm_window(w.onset, w.offset, sample) if w.kind != "blink" else None
+        if step is not None:
+            tags = ["held", *(t for t in w.context.split("+") if t)]
+            quality = "ok" if w.quality == "head_motion" else w.quality  # measured in the head's frame: context only
+            w = dataclasses.replace(w, kind="macro", offset=step.offset, score=step.score, quality=quality,
+                                    context="+".join(tags))
+        if w.kind != "blink" and self._held_covers(w.onset, w.offset):
+            del self._emitted[i]
+            return None
+        self._emitted[i] = w
+        return w
+
+    def _held_covers(self, onset: int, offset: int) -> bool:
+        """Whether an emitted held expression covers most of onset..offset (or it most of that held window)."""
+        return any(_is_held(e) and _overlap(onset, offset, e.onset, e.offset) >= 0.5 for e in self._emitted)
+
+    def _held_window(self, step: HeldStep) -> Window | None:
+        """The macro window of a confirmed held expression (held.py), or None when a reported micro/macro window
+        already covers its onset..apex. The change is measured in the head's own frame, so head motion, blinks and
+        talking are context, not quality; tracking and lighting (the cheap gate) and a lost mesh (occlusion) still set
+        the quality."""
+        if self._held_covers(step.onset, step.offset) or any(
+                iou(step.onset, step.apex, e.onset, e.offset) >= 0.3 for e in self._emitted
+                if e.kind in ("micro", "macro") and e.quality == "ok"):
+            return None
+        n = len(ROI_NAMES)
+        cand = _Candidate(step.apex, step.score, np.zeros(n, np.float32), np.zeros((n, 2), np.float32),
+                          self.macro_radius, "macro")
+        gated = self.config.gate == "label"
+        gate = self.judge.quality(cand, step.onset, step.offset, (), self._newest) if gated else "ok"
+        quality = "ok" if gate == "head_motion" else gate  # the rigid-fit head test: the pose is known here
+        ctx = self.judge.context(cand, step.onset, step.offset, self._newest) if quality == "ok" else None
+        tags = ["held", *(ctx.tags() if ctx is not None else ())]
+        if gated and quality == "ok" and ctx is not None and ctx.occluded:
+            quality = "occlusion"
+        return Window(onset=step.onset, apex=step.apex, offset=step.offset, score=step.score, kind="macro",
+                      quality=quality if gated else "ok", context="+".join(tags), regions=step.regions)
 
     def _window(self, cand: _Candidate) -> Window | None:
         """Onset/offset by flow from the apex crop; kind by duration and blink shape."""
@@ -336,6 +439,17 @@ class RoiFlowSpotter:
             quality = "head_motion"
         return Window(onset=onset, apex=cand.apex, offset=offset, score=round(float(cand.value), 4), kind=kind,
                       quality=quality, context="+".join(tags), regions=tuple(ROI_NAMES[i] for i in active))
+
+
+def _overlap(a0: int, a1: int, b0: int, b1: int) -> float:
+    """Frames two inclusive intervals share, over the shorter one's length (1.0: one lies inside the other)."""
+    inter = min(a1, b1) - max(a0, b0) + 1
+    return max(0, inter) / max(1, min(a1 - a0, b1 - b0) + 1)
+
+
+def _is_held(w: Window) -> bool:
+    """Whether a window is a held expression (held.py: context `held`)."""
+    return "held" in w.context.split("+")
 
 
 SPOTTERS: dict[str, Callable[..., Spotter]] = {"roi-flow": RoiFlowSpotter}
