@@ -308,3 +308,41 @@ class HTNetEnsemble(nn.Module):
         log_p = torch.logsumexp(-F.softplus(-z), dim=0) - log_k
         log_q = torch.logsumexp(-F.softplus(z), dim=0) - log_k
         return log_p - log_q
+
+
+class PixelBlend(nn.Module):
+    """An HTNet (or ensemble) whose first `n_aus` probabilities are blended with a per-AU logistic regression on the
+    picture's standardised pixels: p = (1 - weight) p_htnet + weight p_pixels. Forward returns the logit of p, so the
+    runner's one sigmoid gives it; the outputs after the AUs (emotion classes) are the network's, untouched.
+
+    The regression reads the picture as the training baseline does: (H, W, C) order, values in [0, 1], minus `mean`,
+    over `scale`; an AU whose regression saw one class only has a constant probability (`const`, NaN elsewhere)."""
+
+    def __init__(self, net: HTNet | HTNetEnsemble, n_aus: int, weight: float) -> None:
+        super().__init__()
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"blend weight must be in (0, 1], got {weight}")
+        cfg = net.config
+        n_pix = cfg.image_size * cfg.image_size * cfg.channels
+        if not 1 <= n_aus <= cfg.num_classes:
+            raise ValueError(f"n_aus must be 1..{cfg.num_classes}, got {n_aus}")
+        self.net, self.config, self.n_aus, self.weight = net, cfg, n_aus, float(weight)
+        self.linear = nn.Linear(n_pix, n_aus)
+        self.register_buffer("mean", torch.zeros(n_pix))
+        self.register_buffer("scale", torch.ones(n_pix))
+        self.register_buffer("const", torch.full((n_aus,), float("nan")))
+
+    def pixel_proba(self, x: Tensor) -> Tensor:
+        """The regression's probability per AU, (B, n_aus), for model input x (B, C, S, S) in [0, 1]."""
+        u = (x.permute(0, 2, 3, 1).reshape(len(x), -1) - self.mean) / self.scale
+        p = torch.sigmoid(self.linear(u))
+        return torch.where(torch.isnan(self.const), p, self.const.to(p.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.net(x)
+        k = self.n_aus
+        p = (1.0 - self.weight) * torch.sigmoid(z[:, :k].float()) + self.weight * self.pixel_proba(x.float())
+        p = p.clamp(1e-7, 1 - 1e-7)
+        out = torch.cat([torch.log(p) - torch.log1p(-p), z[:, k:].float()], dim=1)
+        assert out.shape == z.shape
+        return out.to(z.dtype)

@@ -27,11 +27,12 @@ import torch
 
 from au_annotate.fileio import atomic_path, sha256_file, shipped_dirs
 from au_annotate.flow import ENCODINGS, SEED_ENCODING, SEED_FARNEBACK
-from au_annotate.model import HTNet, HTNetConfig, HTNetEnsemble
+from au_annotate.model import HTNet, HTNetConfig, HTNetEnsemble, PixelBlend
 from au_annotate.settings import DEFAULT_WEIGHTS  # the LODO winner (weights/MODEL_CARD.htnet-megc.md)
 
 FORMAT = "au-annotate-htnet"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this version reads (2: a pixel regression blended in, `pixel_blend`)
+PLAIN_FORMAT_VERSION = 1  # what a checkpoint without a blend is written as (readable by every version)
 
 SEED25_AU_ORDER: tuple[str, ...] = (
     "AU04", "AU07", "AU43", "AU15", "AU17", "AU25", "AU26", "AU20", "AU21", "AU05", "AU24", "AU02", "AU06", "AU12",
@@ -107,7 +108,7 @@ REGISTRY: dict[str, WeightsEntry] = {
 class LoadedModel:
     """A checkpoint ready for inference: the model (eval mode, CPU) plus everything needed to read its outputs."""
 
-    model: HTNet | HTNetEnsemble  # an ensemble's forward gives the logit of its members' mean probability
+    model: HTNet | HTNetEnsemble | PixelBlend  # an ensemble's (a blend's) forward gives the logit of the mean probability
     config: HTNetConfig
     au_names: tuple[str, ...]
     thresholds: np.ndarray  # float32 (n_aus,), decision thresholds on probabilities
@@ -221,9 +222,12 @@ def _strict_load(model: torch.nn.Module, state_dict: Mapping[str, Any], path: Pa
         raise WeightsError(f"{path}: cannot load the state dict: {_first_line(exc)}") from exc
 
 
-def _build(config: HTNetConfig, ensemble_size: int) -> HTNet | HTNetEnsemble:
-    """A fresh model of the configuration: one HTNet, or an ensemble of `ensemble_size` members."""
-    return HTNet.from_config(config) if ensemble_size == 1 else HTNetEnsemble.from_config(config, ensemble_size)
+def _build(config: HTNetConfig, ensemble_size: int, blend: tuple[int, float] | None = None
+           ) -> HTNet | HTNetEnsemble | PixelBlend:
+    """A fresh model of the configuration: one HTNet, or an ensemble of `ensemble_size` members; `blend` = (AUs,
+    weight): that network with a pixel regression blended in (model.PixelBlend)."""
+    net = HTNet.from_config(config) if ensemble_size == 1 else HTNetEnsemble.from_config(config, ensemble_size)
+    return net if blend is None else PixelBlend(net, blend[0], blend[1])
 
 
 def _vector(values: Any, n: int, dtype: type, default: Any, what: str, path: Path) -> np.ndarray:
@@ -246,7 +250,7 @@ def _vector(values: Any, n: int, dtype: type, default: Any, what: str, path: Pat
 
 def save_checkpoint(
     path: str | os.PathLike[str],
-    model: HTNet | HTNetEnsemble | Mapping[str, torch.Tensor] | Sequence[HTNet],
+    model: HTNet | HTNetEnsemble | PixelBlend | Mapping[str, torch.Tensor] | Sequence[HTNet],
     *,
     config: HTNetConfig,
     au_names: Iterable[str],
@@ -258,7 +262,8 @@ def save_checkpoint(
     """Write a checkpoint in our format atomically; returns its sha256. Meta is merged over input/flow defaults.
 
     `model` is one HTNet (or its state dict), or an ensemble: an HTNetEnsemble or a list of HTNets whose probabilities
-    are averaged at inference (stored as one state dict with `members.K.` prefixes and `ensemble_size`)."""
+    are averaged at inference (stored as one state dict with `members.K.` prefixes and `ensemble_size`), or a
+    PixelBlend of either (stored with `net.` prefixes and `pixel_blend`: its AU count and weight)."""
     path = Path(path)
     names = tuple(normalize_au_name(a) for a in au_names)
     emotions = tuple(str(e) for e in emotion_classes)
@@ -274,16 +279,24 @@ def save_checkpoint(
         raise ValueError(f"thresholds must be probabilities in [0, 1], got {thr.tolist()}")
     if isinstance(model, list | tuple):
         model = HTNetEnsemble(list(model)) if len(model) > 1 else model[0]
-    state = model.state_dict() if isinstance(model, torch.nn.Module) else dict(model)
-    if isinstance(model, HTNetEnsemble):
-        size = len(model.members)
-    else:  # an ensemble's state dict names its members "members.K."
-        members = {k.split(".")[1] for k in state if k.startswith("members.")}
-        size = max(1, len(members))
-    if size == 1 and any(k.startswith("members.0.") for k in state):  # a one-member ensemble is a plain HTNet
-        state = {k.removeprefix("members.0."): v for k, v in state.items()}
+    blend = None
+    if isinstance(model, PixelBlend):
+        if model.n_aus != n:
+            raise ValueError(f"the blend has {model.n_aus} AU outputs, the checkpoint {n}")
+        blend = (model.n_aus, model.weight)
+        size = len(model.net.members) if isinstance(model.net, HTNetEnsemble) else 1
+        state = model.state_dict()
+    else:
+        state = model.state_dict() if isinstance(model, torch.nn.Module) else dict(model)
+        if isinstance(model, HTNetEnsemble):
+            size = len(model.members)
+        else:  # an ensemble's state dict names its members "members.K."
+            members = {k.split(".")[1] for k in state if k.startswith("members.")}
+            size = max(1, len(members))
+        if size == 1 and any(k.startswith("members.0.") for k in state):  # a one-member ensemble is a plain HTNet
+            state = {k.removeprefix("members.0."): v for k, v in state.items()}
     # validate against the configuration before writing anything (a mismatched file must never be produced)
-    _strict_load(_build(config, size), state, path)
+    _strict_load(_build(config, size, blend), state, path)
     from au_annotate._version import __version__
 
     full_meta: dict[str, Any] = {
@@ -305,7 +318,7 @@ def save_checkpoint(
                                      "no rule stated: the reliable AUs were set by the writer of this checkpoint")
     payload = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if blend is not None else PLAIN_FORMAT_VERSION,
         "config": config.to_dict(),
         "au_names": list(names),
         "thresholds": [float(t) for t in thr],
@@ -316,6 +329,8 @@ def save_checkpoint(
     }
     if emotions:  # an AU-only checkpoint keeps the original key set
         payload["emotion_classes"] = list(emotions)
+    if blend is not None:  # a plain HTNet checkpoint keeps the original key set
+        payload["pixel_blend"] = {"aus": blend[0], "weight": blend[1]}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return sha256_file(path)
@@ -412,6 +427,14 @@ def load_checkpoint(path: str | os.PathLike[str], *, au_order: str | None = None
         size = obj.get("ensemble_size", 1)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise WeightsError(f"{path}: bad ensemble_size {size!r}")
+        blend = obj.get("pixel_blend")
+        if blend is not None:
+            try:
+                blend = (int(blend["aus"]), float(blend["weight"]))
+            except (TypeError, KeyError, ValueError):
+                raise WeightsError(f"{path}: bad pixel_blend {blend!r}") from None
+            if blend[0] != len(names) or not 0 < blend[1] <= 1:
+                raise WeightsError(f"{path}: pixel_blend {blend} does not fit {len(names)} AUs")
     elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if order is None:
             raise WeightsError(
@@ -431,10 +454,11 @@ def load_checkpoint(path: str | os.PathLike[str], *, au_order: str | None = None
         state = obj
         size = 1
         emotions = ()
+        blend = None
     else:
         raise WeightsError(f"{path}: not an au-annotate checkpoint nor a plain HTNet state dict")
 
-    model = _build(config, size)
+    model = _build(config, size, blend)
     _strict_load(model, state, path)
     model.eval()
     return LoadedModel(

@@ -1,7 +1,7 @@
 """AUs end to end on real micro-expressions the model never saw (issue 25): the product's own spotting and flow on the
 185 CASME II clips of `casme2-cropped`, each scored with a model trained without that clip's subject.
 
-    python benchmarks/casme2_aus.py [--jobs 2] [--limit N] [-o results.json]
+    python benchmarks/casme2_aus.py [--jobs 2] [--limit N] [--blend-logreg W] [-o results.json]
 
 1. Fold models: for every subject of casme2-cropped, the default model's recipe (read from the shipped checkpoint:
    epochs, size, inner folds, no refit) is trained on the MEGC composite without that subject's CASME II samples
@@ -98,13 +98,18 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--pad-s", type=float, default=0.5)
+    ap.add_argument("--blend-logreg", type=float, default=None, metavar="W",
+                    help="the shipped recipe with this pixel-regression blend instead of its own (to check a recipe "
+                         "before it ships)")
     ap.add_argument("-o", "--output", type=Path, default=None)
     opts = ap.parse_args()
     from sklearn.metrics import roc_auc_score
 
     from au_annotate.weights import DEFAULT_WEIGHTS, load_weights
 
-    recipe = load_weights(DEFAULT_WEIGHTS).meta["training"]["recipe"]
+    recipe = dict(load_weights(DEFAULT_WEIGHTS).meta["training"]["recipe"])
+    if opts.blend_logreg is not None:
+        recipe["blend_logreg"] = opts.blend_logreg
     rows = read_clips(DATA)[: opts.limit] if opts.limit else read_clips(DATA)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=opts.jobs) as pool:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from au_annotate.model import HTNet, HTNetConfig
+from au_annotate.model import HTNet, HTNetConfig, PixelBlend
 
 # The seed's published checkpoint (best_htnet_model.pth): 56 tensors, names and shapes as that file holds them.
 SEED_STATE_SHAPES: list[tuple[str, tuple[int, ...]]] = [
@@ -243,3 +243,28 @@ def test_seed_layout_file_loads_through_load_checkpoint(tmp_path) -> None:
     img = torch.rand(2, 3, 28, 28)
     with torch.inference_mode():
         assert torch.allclose(loaded.model(img), _seed_reference(sd, img), atol=1e-4, rtol=1e-4)
+
+
+def test_pixel_blend_is_the_weighted_mean_of_both_probabilities() -> None:
+    """PixelBlend: sigmoid(output) of each AU = (1 - w) HTNet's probability + w the pixel regression's (read in (H, W, C)
+    order, standardised), a constant where the regression saw one class; the outputs after the AUs are HTNet's."""
+    torch.manual_seed(1)
+    net = HTNet.from_config(HTNetConfig(dim=16, heads=2, block_repeats=1, num_classes=5)).eval()
+    blend = PixelBlend(net, 3, 0.25).eval()
+    with torch.no_grad():
+        blend.linear.weight.normal_(0, 0.02)
+        blend.linear.bias.normal_(0, 0.5)
+        blend.mean.uniform_(0.2, 0.6)
+        blend.scale.uniform_(0.5, 2.0)
+        blend.const[1] = 0.3
+    x = torch.rand(4, 3, 28, 28)
+    with torch.no_grad():
+        z, out = net(x), blend(x)
+    u = (x.permute(0, 2, 3, 1).reshape(4, -1) - blend.mean) / blend.scale
+    p_lr = torch.sigmoid(u @ blend.linear.weight.T + blend.linear.bias)
+    p_lr[:, 1] = 0.3
+    expected = 0.75 * torch.sigmoid(z[:, :3]) + 0.25 * p_lr
+    assert torch.allclose(torch.sigmoid(out[:, :3]), expected, atol=1e-6)
+    assert torch.equal(out[:, 3:], z[:, 3:])
+    with pytest.raises(ValueError, match="weight"):
+        PixelBlend(net, 3, 0.0)

@@ -588,3 +588,27 @@ def test_a_blink_is_never_a_micro_or_macro_window(run: Run, tmp_path: Path) -> N
     others = [(s.kind, s.onset_s, s.offset_s) for s in report.segments if s.kind != "blink"]
     assert others == [(k, pytest.approx(a, abs=1e-6), pytest.approx(b, abs=1e-6))
                       for k, a, b in zip(segs["kind"], segs["onset_s"], segs["offset_s"], strict=True)]
+
+
+def test_finetuning_a_blended_model_moves_the_network_and_keeps_the_regression() -> None:
+    """A checkpoint whose AU probabilities blend HTNet with the pixel regression (model.PixelBlend): fine-tuning trains
+    the network and leaves the regression's weights exactly as they were (it was fitted by its own recipe)."""
+    import torch
+
+    from au_annotate.flow import SEED_ENCODING
+    from au_annotate.model import HTNet, HTNetConfig, PixelBlend
+    from au_annotate.review.finetune import FinetuneConfig, _train
+
+    torch.manual_seed(0)
+    cfg = HTNetConfig(dim=16, heads=2, block_repeats=1, num_classes=3)
+    blend = PixelBlend(HTNet.from_config(cfg), 3, 0.5)
+    with torch.no_grad():
+        blend.linear.weight.normal_(0, 0.01)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 28, 28, 3), dtype=np.uint8)
+    labels = rng.integers(0, 2, (12, 3)).astype(np.int8)
+    tuned = _train(blend, images, labels, 3, FinetuneConfig(epochs=2), "full", SEED_ENCODING)
+    assert isinstance(tuned, PixelBlend) and tuned is not blend
+    assert torch.equal(tuned.linear.weight, blend.linear.weight) and torch.equal(tuned.mean, blend.mean)
+    before, after = blend.net.state_dict(), tuned.net.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -367,6 +367,34 @@ def test_evaluate_and_checkpoint_round_trip(tmp_path: Path) -> None:
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_a_blended_checkpoint_gives_what_training_measured(tmp_path: Path) -> None:
+    """blend_logreg 0.5: the thresholds come from the mean of HTNet's and the pixel regression's inner out-of-fold
+    probabilities; the checkpoint (model.PixelBlend, format 2) gives through the product's batch runner what
+    FittedHTNet.predict_proba gives, and that is the mean of the two models' probabilities."""
+    from au_annotate.infer import BatchRunner
+    from au_annotate.training.train import ensemble_proba
+    from au_annotate.weights import load_checkpoint
+
+    ds = load_dataset(_write_dataset(tmp_path / "d"))
+    k = len(ds.au_names)
+    _, alone, _ = train_checkpoint(ds, TINY, tmp_path / "a.pt")
+    blend_cfg = TrainConfig(**{**TINY.to_dict(), "blend_logreg": 0.5})
+    _, fit, _ = train_checkpoint(ds, blend_cfg, tmp_path / "b.pt")
+    assert fit.logreg is not None and fit.logreg.oof is not None
+    expected_oof = 0.5 * alone.oof[:, :k] + 0.5 * fit.logreg.oof
+    np.testing.assert_allclose(fit.oof[:, :k], expected_oof, atol=1e-6)
+    np.testing.assert_allclose(fit.thresholds, select_thresholds(ds.labels, expected_oof))
+    raw = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert raw["format_version"] == 2 and raw["pixel_blend"] == {"aus": k, "weight": 0.5}
+    assert TrainConfig.from_dict(load_checkpoint(tmp_path / "b.pt").meta["training"]["recipe"]) == blend_cfg
+    got = BatchRunner(load_checkpoint(tmp_path / "b.pt"), device="cpu", batch_size=8).predict(ds.images)
+    np.testing.assert_allclose(got, fit.predict_proba(ds.images), atol=1e-5)
+    both = 0.5 * ensemble_proba(fit.models, ds.images)[:, :k] + 0.5 * fit.logreg.predict_proba(ds.images)
+    np.testing.assert_allclose(got[:, :k], both, atol=1e-5)
+    assert np.abs(got[:, :k] - ensemble_proba(fit.models, ds.images)[:, :k]).max() > 1e-3  # the blend does something
+    assert "blend_logreg" not in TINY.to_dict()  # recipes written before the option still compare equal
+
+
 def test_a_threshold_is_calibrated_from_ten_training_positives(tmp_path: Path) -> None:
     """docs/au-model.md: `_c` (a usable threshold) only for AUs with >= 10 training positives (CALIBRATED_MIN)."""
     from au_annotate.training.reliability import CALIBRATED_MIN

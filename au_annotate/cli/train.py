@@ -52,6 +52,9 @@ def _recipe_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "models as the ensemble."),
         click.option("--emotion-weight", type=click.FloatRange(min=0), default=None,
                      help="Weight of the 3-class emotion loss (data with emotion labels). Default 1."),
+        click.option("--blend-logreg", type=click.FloatRange(0, 1), default=None, metavar="W",
+                     help="Blend each AU's probability with the pixel logistic regression's: (1 - W) HTNet + W "
+                          "regression, thresholds on the blend. Default 0 (HTNet alone)."),
     ]
     for opt in reversed(options):
         fn = opt(fn)

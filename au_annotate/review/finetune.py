@@ -203,16 +203,21 @@ def _train(model: Any, images: np.ndarray, labels: np.ndarray, n_aus: int, cfg: 
            encoding: str) -> Any:
     """Fine-tune a copy of `model`: only the classification head (`head`) or every weight (`full`). An ensemble's
     members are fine-tuned one by one (seeds seed, seed+1, ...) and stay an ensemble. The loss is on the AU outputs
-    only: in `head` mode an emotion head's weights do not move; in `full` mode the shared backbone does. The loop
+    only: in `head` mode an emotion head's weights do not move; in `full` mode the shared backbone does; a blended
+    pixel regression (model.PixelBlend) is kept as it was. The loop
     is training's own (``training.train.fit_epochs``: seeded batches, the encoding's flip, no shifts)."""
     import dataclasses
 
     import torch
     import torch.nn.functional as F
 
-    from au_annotate.model import HTNetEnsemble
+    from au_annotate.model import HTNetEnsemble, PixelBlend
     from au_annotate.training.train import _deterministic, fit_epochs
 
+    if isinstance(model, PixelBlend):  # the network is fine-tuned; the pixel regression blended in stays as trained
+        blend = copy.deepcopy(model)
+        blend.net = _train(model.net, images, labels, n_aus, cfg, mode, encoding)
+        return blend
     if isinstance(model, HTNetEnsemble):
         return HTNetEnsemble([_train(m, images, labels, n_aus, dataclasses.replace(cfg, seed=cfg.seed + k), mode,
                                      encoding) for k, m in enumerate(model.members)])

@@ -13,11 +13,13 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from au_annotate.model import HTNet, HTNetEnsemble, PixelBlend
 from au_annotate.training.folds import inner_folds as group_folds
 from au_annotate.training.folds import select_thresholds
 
@@ -40,6 +42,7 @@ class LogRegModel:
     scaler: StandardScaler
     models: list[LogisticRegression | float]
     thresholds: np.ndarray
+    oof: np.ndarray | None = None  # inner out-of-fold probabilities the thresholds came from (N, K)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Probability per AU, float32 (N, K)."""
@@ -83,5 +86,23 @@ def _fit_logreg(images: np.ndarray, labels: np.ndarray, groups: np.ndarray, inne
         scaler, models = _fit_raw(images[tr], labels[tr], seed)
         oof[te] = LogRegModel(scaler, models, np.zeros(labels.shape[1])).predict_proba(images[te])
     scaler, models = _fit_raw(images, labels, seed)
-    return LogRegModel(scaler, models, select_thresholds(labels, oof))
+    return LogRegModel(scaler, models, select_thresholds(labels, oof), oof)
+
+
+def blend_module(net: HTNet | HTNetEnsemble, lr: LogRegModel, weight: float) -> PixelBlend:
+    """The network with this regression blended in (model.PixelBlend), its parameters copied from the fitted
+    scikit-learn objects, so the checkpoint's model gives what `FittedHTNet.predict_proba` gives."""
+    blend = PixelBlend(net, len(lr.models), weight)
+    with torch.no_grad():
+        blend.mean.copy_(torch.from_numpy(lr.scaler.mean_.astype(np.float32)))
+        blend.scale.copy_(torch.from_numpy(lr.scaler.scale_.astype(np.float32)))
+        for j, m in enumerate(lr.models):
+            if isinstance(m, float):
+                blend.const[j] = m
+                blend.linear.weight[j].zero_()
+                blend.linear.bias[j] = 0.0
+            else:
+                blend.linear.weight[j].copy_(torch.from_numpy(m.coef_[0].astype(np.float32)))
+                blend.linear.bias[j] = float(m.intercept_[0])
+    return blend
 

@@ -28,7 +28,8 @@ from au_annotate.aus import emotion_softmax  # noqa: F401  (re-exported: evaluat
 from au_annotate.errors import check_keys
 from au_annotate.fileio import load_toml
 from au_annotate.flow import HTNET_ENCODING, SEED_ENCODING, TVL1_METHOD, flip_uv_strain, images_to_input
-from au_annotate.model import HTNet, HTNetConfig
+from au_annotate.model import HTNet, HTNetConfig, HTNetEnsemble
+from au_annotate.training.baselines import LOGREG_C, LogRegModel, blend_module, fit_logreg
 from au_annotate.training.folds import (
     EMOTION_MIN_PRECISION,
     emotion_bar,
@@ -47,7 +48,7 @@ ProgressFn = Callable[[int, int], None]  # (done, total)
 MODEL_KEYS = ("patch_size", "dim", "heads", "num_hierarchies", "block_repeats", "mlp_mult", "dropout")
 
 
-LATER_DEFAULTS: dict[str, Any] = {"refit": True, "emotion_weight": 1.0}  # recipe keys added with the composite
+LATER_DEFAULTS: dict[str, Any] = {"refit": True, "emotion_weight": 1.0, "blend_logreg": 0.0}  # keys added later
 
 
 class TrainConfigError(ValueError):
@@ -72,6 +73,8 @@ class TrainConfig:
     inner_folds: int = 3  # inner group-k-fold for threshold selection
     refit: bool = True  # final model(s) refit on all samples; False: the inner-fold models are the ensemble (cheaper)
     emotion_weight: float = 1.0  # weight of the 3-class emotion cross-entropy when the data has emotion labels
+    blend_logreg: float = 0.0  # > 0: each AU's probability is (1 - w) HTNet's + w the pixel logistic regression's
+    # (training.baselines; fitted on the AU-coded rows), thresholds on the blend's inner out-of-fold probabilities
     model: dict[str, Any] = field(default_factory=dict)  # HTNetConfig overrides (dim, heads, block_repeats, ...)
 
     def __post_init__(self) -> None:
@@ -81,7 +84,7 @@ class TrainConfig:
             ("batch_size", self.batch_size >= 1), ("pos_weight_cap", self.pos_weight_cap >= 1),
             ("label_smoothing", 0 <= self.label_smoothing < 0.5), ("translate", 0 <= self.translate <= 6),
             ("ensemble", self.ensemble >= 1), ("inner_folds", self.inner_folds >= 2),
-            ("emotion_weight", self.emotion_weight >= 0),
+            ("emotion_weight", self.emotion_weight >= 0), ("blend_logreg", 0 <= self.blend_logreg <= 1),
         ]
         for key, ok in checks:
             if not ok:
@@ -338,13 +341,24 @@ class FittedHTNet:
 
     models: list[HTNet]
     thresholds: np.ndarray
-    oof: np.ndarray  # inner out-of-fold probabilities the thresholds came from
+    oof: np.ndarray  # inner out-of-fold probabilities the thresholds came from (the blend's on the AU columns)
     emotion_bar: float = 0.0  # below this class probability the model's emotion is "uncertain" (folds.emotion_bar)
     positive_ratio: np.ndarray | None = None  # per AU: share its threshold calls positive on the OOF / prevalence
+    logreg: LogRegModel | None = None  # the pixel regression blended in (cfg.blend_logreg > 0)
+    blend: float = 0.0
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Mean probability of the ensemble."""
-        return ensemble_proba(self.models, images)
+        """Mean probability of the ensemble, its AU columns blended with the pixel regression when there is one."""
+        probs = ensemble_proba(self.models, images)
+        if self.logreg is not None:
+            k = len(self.thresholds)
+            probs[:, :k] = (1 - self.blend) * probs[:, :k] + self.blend * self.logreg.predict_proba(images)
+        return probs
+
+    def module(self) -> torch.nn.Module:
+        """The model a checkpoint stores: the network(s), with the regression blended in (model.PixelBlend)."""
+        net = self.models[0] if len(self.models) == 1 else HTNetEnsemble(list(self.models))
+        return net if self.logreg is None else blend_module(net, self.logreg, self.blend)
 
 
 def fit_htnet(
@@ -375,13 +389,19 @@ def fit_htnet(
         oof[te] = ensemble_proba(models, images[te])
         inner += models
     mask = targets.mask(len(labels))
+    logreg = None
+    if cfg.blend_logreg > 0:  # the regression on the AU-coded rows; the thresholds see the blend's inner OOF
+        logreg = fit_logreg(images[mask], labels[mask], groups[mask], inner_folds=cfg.inner_folds, seed=cfg.seed)
+        assert logreg.oof is not None
+        oof[mask, :k] = (1 - cfg.blend_logreg) * oof[mask, :k] + cfg.blend_logreg * logreg.oof
     thresholds = select_thresholds(labels[mask], oof[mask, :k])
     ratio = positive_ratio(labels[mask], oof[mask, :k], thresholds)
     bar = 0.0
     if targets is not None and targets.n_emotions:
         bar = emotion_bar(emotion_softmax(oof[:, k:]), np.asarray(targets.emotions))
     models = train_ensemble(images, labels, cfg, stage(done[0]), targets, encoding) if cfg.refit else inner
-    return FittedHTNet(models, thresholds, oof, emotion_bar=bar, positive_ratio=ratio)
+    return FittedHTNet(models, thresholds, oof, emotion_bar=bar, positive_ratio=ratio, logreg=logreg,
+                       blend=cfg.blend_logreg)
 
 
 def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
@@ -500,6 +520,10 @@ def train_checkpoint(
             "label_rule": "AU present at any intensity/side, ref(..) counts, 'X or Y' counts every option (facs rule 'all')",
             "recipe": cfg.to_dict(),
             "thresholds": "per-AU best F1 on inner group-k-fold out-of-fold probabilities over the training subjects",
+            "blend": (f"each AU's probability is {1 - cfg.blend_logreg:g} x HTNet's + {cfg.blend_logreg:g} x a "
+                      f"logistic regression's on the picture's standardised pixels (C = {LOGREG_C:g}, balanced; "
+                      "fitted on the AU-coded training rows; the thresholds are chosen on the blend)"
+                      if fit.logreg is not None else None),
             "reliable_rule": rule_text,
             "calibrated_rule": f"an AU's threshold is used only with >= {CALIBRATED_MIN} training positives and when it "
                                f"marks at most {KAPPA_RULE.max_positive_ratio:g}x its training prevalence positive",
@@ -516,7 +540,7 @@ def train_checkpoint(
     names = list(dataset.au_names)
     config = fit.models[0].config
     sha = save_checkpoint(
-        out_path, fit.models, config=config, au_names=names, thresholds=fit.thresholds, reliable=reliable,
+        out_path, fit.module(), config=config, au_names=names, thresholds=fit.thresholds, reliable=reliable,
         meta=meta, emotion_classes=dataset.emotion_classes if n_emo else (),
     )
     return sha, fit, reliable
