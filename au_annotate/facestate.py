@@ -19,7 +19,8 @@ still holds and turns each mesh into a `FaceStateSample` (eye openness, mouth ap
   1 %). Half, not one: the mesh's depth jumps for a frame or two when the mouth opens fast (3.5-4 degrees at the onset
   of real smiles with a still head), while a turn persists.
 - occlusion: the landmark model loses the face (presence < 0.5) inside the window while it had it just before or
-  after (a hand, an object); landmarks missing everywhere (profile, tiny face) is `no_landmarks`, not occlusion.
+  after (a hand, an object); landmarks missing on most of its samples (profile, tiny or dark face) is `no_landmarks`
+  (a window whose samples have a mesh on fewer than half: one spurious mesh decides nothing), not occlusion.
 
 Distances are in IOD (distance between the eye centres), so the rules hold for any face size, resolution and frame rate;
 times are in seconds.
@@ -216,9 +217,10 @@ def explain(inside: Sequence[FaceStateSample | None], refs: Sequence[FaceStateSa
     refs_ok = [s for s in refs if s is not None]
     span_ok = [s for s in span if s is not None]
     n = len(inside) + len(refs) + len(span)
-    if not inside_ok and not refs_ok and not span_ok:
-        return WindowContext(landmarks=False, samples=n)
     occluded = bool(refs_ok) and bool(inside) and len(inside_ok) <= len(inside) // 2
+    found = len(inside_ok) + len(refs_ok) + len(span_ok)
+    if not found or (2 * found < n and not occluded):  # a mesh on fewer than half the samples (a flaky or spurious
+        return WindowContext(landmarks=False, samples=n)  # one, as on a dark face) decides nothing; lost inside: occlusion
     # blink: eyes closed inside the window relative to the open level next to it (or the window's most open sample)
     open_level = float(np.median([s.eyes for s in refs_ok])) if refs_ok else max((s.eyes for s in inside_ok), default=0)
     eyes_min = min((s.eyes for s in inside_ok), default=open_level)
