@@ -182,7 +182,7 @@ def segments_from_csv(path: Path, video: str) -> tuple[Segment, ...]:
     out = []
     for row in df.itertuples(index=False):
         r = row._asdict()
-        text = {k: str(r.get(k, "") or "") for k in ("aus", "emotion", "rule", "emotion_model")}
+        text = {k: str(r.get(k, "") or "") for k in ("aus", "emotion_facs", "rule", "emotion_model")}
         model_p = r.get("emotion_model_p")
         out.append(Segment(
             video=video, face_id=str(r["face_id"]), segment_id=int(r["segment_id"]), kind=str(r["kind"]),  # type: ignore[arg-type]
@@ -191,7 +191,7 @@ def segments_from_csv(path: Path, video: str) -> tuple[Segment, ...]:
             duration_s=float(r["duration_s"]), score=float(r["score"]), au_names=names,
             probs=np.array([r[f"{n}_p"] for n in names], np.float32),
             present=np.array([n not in uncalibrated and bool(r[f"{n}_c"]) for n in names], bool),
-            aus=text["aus"], emotion=text["emotion"], rule=text["rule"], emotion_model=text["emotion_model"],
+            aus=text["aus"], emotion=text["emotion_facs"], rule=text["rule"], emotion_model=text["emotion_model"],
             emotion_model_p=float(model_p) if model_p is not None and model_p == model_p else float("nan"),
             uncalibrated=uncalibrated, quality=str(r.get("quality", "ok") or "ok"),
             context=str(r.get("context", "") or ""),

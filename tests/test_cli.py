@@ -40,7 +40,7 @@ def test_planted_apexes_found_in_csv(annotated) -> None:
     for clip, csv_path in zip(clips, [out / "clip_a.segments.csv", out / "sub" / "clip_b.segments.csv"], strict=True):
         df = pd.read_csv(csv_path, comment="#")
         assert {"video", "face_id", "segment_id", "kind", "onset_frame", "apex_frame", "offset_frame", "onset_s",
-                "apex_s", "offset_s", "duration_s", "score", "aus", "emotion"} <= set(df.columns)
+                "apex_s", "offset_s", "duration_s", "score", "aus", "emotion_facs"} <= set(df.columns)
         assert any(c.endswith("_p") for c in df.columns) and any(c.endswith("_c") for c in df.columns)
         for event in clip.events:
             near = df[(df["apex_s"] - event.apex_s).abs() <= 0.1]

@@ -71,7 +71,7 @@ def test_thresholds_and_what_is_decided_are_in_every_header(tmp_path: Path) -> N
     head = [ln for ln in (tmp_path / "v.csv").read_text(encoding="utf-8").splitlines() if ln.startswith("#")]
     assert "# thresholds: AU06 0.412; probability only: AU12" in head
     assert any(ln.startswith("# decisions: an AU is present") and "micro windows only" in ln for ln in head)
-    assert any(ln.startswith("# emotions: emotion = a FACS rule") and "emotion_model = the model's own" in ln
+    assert any(ln.startswith("# emotions: emotion_facs = a FACS rule") and "emotion_model = the model's" in ln
                for ln in head)
     assert len(read_segments_csv(tmp_path / "v.csv")) == 1
     JSONWriter().write(res, tmp_path / "v.json", ctx)

@@ -184,7 +184,7 @@ def test_csv_columns_and_pandas_dtypes(result: VideoResult) -> None:
         "score",
     ]
     assert list(df.columns[12:18]) == ["quality", "context", "AU04_p", "AU04_c", "AU07_p", "AU07_c"]
-    assert list(df.columns[-5:]) == ["aus", "emotion", "rule", "emotion_model", "emotion_model_p"]
+    assert list(df.columns[-5:]) == ["aus", "emotion_facs", "rule", "emotion_model", "emotion_model_p"]
     for col in ("segment_id", "onset_frame", "apex_frame", "offset_frame", "AU04_c", "AU14_c"):
         assert df[col].dtype == np.int64, col
     for col in ("onset_s", "apex_s", "offset_s", "duration_s", "score", "AU04_p", "AU14_p"):
@@ -193,8 +193,8 @@ def test_csv_columns_and_pandas_dtypes(result: VideoResult) -> None:
     # '#' and ',' inside a quoted file name do not cut the row; unicode survives
     assert (df["video"] == "données vidéo/entrevista #3, 表情.mp4").all()
     assert df["aus"].tolist()[0] == "4+7"
-    assert pd.isna(df["aus"][1]) and pd.isna(df["emotion"][1]) and pd.isna(df["rule"][1])  # empty -> NaN (documented)
-    assert df["emotion"][0] == "anger" and df["rule"][0] == "anger-prototype"
+    assert pd.isna(df["aus"][1]) and pd.isna(df["emotion_facs"][1]) and pd.isna(df["rule"][1])  # empty -> NaN (documented)
+    assert df["emotion_facs"][0] == "anger" and df["rule"][0] == "anger-prototype"
     expected = segments_dataframe(result)
     np.testing.assert_allclose(df["AU04_p"], expected["AU04_p"], atol=1e-6)
     np.testing.assert_allclose(df["onset_s"], [s.onset_s for s in result.segments], atol=1e-6)
@@ -210,7 +210,7 @@ def test_read_segments_csv_keeps_text_as_text(tmp_path: Path) -> None:
     assert pd.read_csv(path, comment="#")["aus"].dtype != object  # the pitfall read_segments_csv avoids
     df = read_segments_csv(path)
     assert df["aus"].tolist() == ["4", ""]
-    assert df["emotion"].tolist() == ["", ""]
+    assert df["emotion_facs"].tolist() == ["", ""]
     assert df["face_id"].tolist() == ["face0", "face0"]
     assert df["onset_frame"].dtype == np.int64 and df["AU04_p"].dtype == np.float64 and df["AU04_c"].dtype == np.int64
 
@@ -289,12 +289,12 @@ def test_eaf_round_trip_matches_csv(result: VideoResult) -> None:
     # segment 2 overlaps segment 1, so it goes to the overflow lane "segments 2"
     # the coder's review tiers (review, AUs (coder)) are checked in test_review.py
     tiers = {t for t in eaf.get_tier_names() if not t.startswith(("review", "AUs (coder)"))}
-    assert {"segments", "AUs", "emotion", "segments 2", "AUs 2", "emotion 2", "AU04", "AU12 2"} <= tiers
+    assert {"segments", "AUs", "emotion_facs", "segments 2", "AUs 2", "emotion_facs 2", "AU04", "AU12 2"} <= tiers
     got: dict[str, list[tuple[int, int, str]]] = {t: eaf.get_annotation_data_for_tier(t) for t in tiers}
     for t, anns in got.items():
         assert _no_overlaps([(a[0], a[1]) for a in anns]), t
 
-    # every CSV row appears on the segments/AUs/emotion/AU tiers with the same times and values
+    # every CSV row appears on the segments/AUs/emotion_facs/AU tiers with the same times and values
     def find(base: str, start: int) -> list[tuple[int, int, str]]:
         return [a for t, anns in got.items() if t == base or t.startswith(base + " ") for a in anns if a[0] == start]
 
@@ -305,10 +305,10 @@ def test_eaf_round_trip_matches_csv(result: VideoResult) -> None:
         (s,) = find("segments", start)
         assert (s[1], s[2]) == (end, f"{row.kind} {row.score:.2f}×")  # the score as a multiple of the threshold
         assert [a[2] for a in find("AUs", start)] == ([row.aus] if row.aus else [])
-        assert [a[2] for a in find("emotion", start)] == ([row.emotion] if row.emotion else [])
+        assert [a[2] for a in find("emotion_facs", start)] == ([row.emotion_facs] if row.emotion_facs else [])
         for name in AU_NAMES:
             assert [a[2] for a in find(name, start)] == ([name] if getattr(row, f"{name}_c") else [])
-        n_annotations += 1 + bool(row.aus) + bool(row.emotion) + sum(getattr(row, f"{n}_c") for n in AU_NAMES)
+        n_annotations += 1 + bool(row.aus) + bool(row.emotion_facs) + sum(getattr(row, f"{n}_c") for n in AU_NAMES)
     assert sum(len(a) for a in got.values()) == n_annotations
 
     # controlled vocabularies: AU names with FACS descriptions, and emotions, bound through linguistic types
@@ -329,11 +329,11 @@ def test_eaf_without_au_tiers_and_several_faces(tmp_path: Path) -> None:
     assert set(eaf.get_tier_names()) == {
         "segments face0",
         "AUs face0",
-        "emotion face0",
+        "emotion_facs face0",
         "emotion_model face0",
         "segments face1",
         "AUs face1",
-        "emotion face1",
+        "emotion_facs face1",
         "emotion_model face1",
         "review face0",
         "AUs (coder) face0",
@@ -368,13 +368,13 @@ def test_json_round_trip(result: VideoResult) -> None:
     path = output_path(result, JSONWriter())
     JSONWriter().write(result, path, CTX)
     doc = json.loads(path.read_text(encoding="utf-8"))
-    assert doc["schema"] == "au-annotate/segments-v1"
+    assert doc["schema"] == "au-annotate/segments-v2"
     assert doc["metadata"]["model_sha256"] == "ab" * 32 and doc["metadata"]["tool_version"] == "9.8.7"
     assert doc["video"]["rel"] == "données vidéo/entrevista #3, 表情.mp4" and doc["video"]["info"]["fps"] == 30.0
     assert doc["au_names"] == list(AU_NAMES)
     assert len(doc["segments"]) == 5
     first = doc["segments"][0]
-    assert first["active"] == ["AU04", "AU07"] and first["aus"] == "4+7" and first["emotion"] == "anger"
+    assert first["active"] == ["AU04", "AU07"] and first["aus"] == "4+7" and first["emotion_facs"] == "anger"
     assert first["probs"]["AU04"] == pytest.approx(0.9, abs=1e-6)
     assert first["onset_frame"] == 30 and first["offset_s"] == pytest.approx(1.4)
     assert doc["video"]["detection_floor"] == {"face0": {"pct_iod": 1.5, "steps": 120,
@@ -393,7 +393,7 @@ def test_textgrid_round_trip(result: VideoResult) -> None:
         e = by_start[round(s.onset_s * 1000)]
         assert e.label == f"{s.kind} {s.score:.2f}×"
         assert e.end > e.start
-    assert [e.label for e in tg.getTier("emotion").entries + tg.getTier("emotion 2").entries] == ["anger", "happiness"]
+    assert [e.label for e in tg.getTier("emotion_facs").entries + tg.getTier("emotion_facs 2").entries] == ["anger", "happiness"]
     assert [e.label for e in tg.getTier("AU14").entries] == ["AU14"]
     assert "sha256 " + "ab" * 32 in tg.getTier("au-annotate").entries[0].label
 
@@ -464,3 +464,21 @@ def test_context_column_round_trips_through_csv_json_and_eaf(tmp_path: Path) -> 
     eaf = pympi.Elan.Eaf(str(tmp_path / "v.eaf"))
     labels = sorted(eaf.get_annotation_data_for_tier(next(t for t in eaf.get_tier_names() if t.startswith("segments"))))
     assert labels[0][2].endswith("(speech+blink)") and "(" not in labels[1][2]
+
+
+def test_a_csv_written_before_the_emotion_rename_reads_under_todays_names(tmp_path: Path) -> None:
+    """Outputs of a run before 2026-12-08 call the FACS-rule emotion `emotion`: read_segments_csv and the resume path
+    (manifest.segments_from_csv) give it as `emotion_facs`, text kept as text."""
+    from au_annotate.manifest import segments_from_csv
+
+    old = tmp_path / "old.segments.csv"
+    old.write_text(
+        "# au-annotate 0.1.0 segments table\n"
+        "video,face_id,segment_id,kind,onset_frame,apex_frame,offset_frame,onset_s,apex_s,offset_s,duration_s,score,"
+        "quality,context,AU04_p,AU04_c,aus,emotion,rule,emotion_model,emotion_model_p\n"
+        '"v.mp4","face0",0,"micro",10,14,20,0.333,0.467,0.667,0.367,2.0,"ok","",0.9,1,"4","anger","anger-x","",\n',
+        encoding="utf-8")
+    df = read_segments_csv(old)
+    assert "emotion" not in df.columns and df["emotion_facs"].tolist() == ["anger"] and df["aus"].tolist() == ["4"]
+    (seg,) = segments_from_csv(old, "v.mp4")
+    assert seg.emotion == "anger" and seg.rule == "anger-x" and seg.aus == "4"

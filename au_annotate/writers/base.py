@@ -39,10 +39,12 @@ LEAD_COLUMNS: tuple[str, ...] = (
     "quality",  # ok | occlusion | head_motion | tracking_lost | lighting (au_annotate.quality)
     "context",  # the face state meanwhile, "+"-joined: blink, speech, head_motion, occlusion, no_landmarks ("" none)
 )
-TAIL_COLUMNS: tuple[str, ...] = ("aus", "emotion", "rule", "emotion_model", "emotion_model_p")
+TAIL_COLUMNS: tuple[str, ...] = ("aus", "emotion_facs", "rule", "emotion_model", "emotion_model_p")
 INT_COLUMNS: tuple[str, ...] = ("segment_id", "onset_frame", "apex_frame", "offset_frame")
 FLOAT_COLUMNS: tuple[str, ...] = ("onset_s", "apex_s", "offset_s", "duration_s", "score")
-STRING_COLUMNS: tuple[str, ...] = ("video", "face_id", "kind", "quality", "context", "aus", "emotion", "rule", "emotion_model")
+STRING_COLUMNS: tuple[str, ...] = ("video", "face_id", "kind", "quality", "context", "aus", "emotion_facs", "rule",
+                                   "emotion_model")
+RENAMED_COLUMNS = {"emotion": "emotion_facs"}  # older outputs' names -> today's (read_segments_csv)
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ def segments_dataframe(
         if name not in uncal:
             data[f"{name}_c"] = present[:, j].astype(np.int64)
     data["aus"] = pd.array([s.aus or "" for s in segments], dtype=object)
-    data["emotion"] = pd.array([s.emotion or "" for s in segments], dtype=object)
+    data["emotion_facs"] = pd.array([s.emotion or "" for s in segments], dtype=object)
     data["rule"] = pd.array([s.rule or "" for s in segments], dtype=object)
     data["emotion_model"] = pd.array([s.emotion_model or "" for s in segments], dtype=object)
     data["emotion_model_p"] = np.array([s.emotion_model_p for s in segments], dtype=np.float64)

@@ -7,10 +7,11 @@ Format (documented in the README and, column by column, in docs/reference.md; te
   ``read.csv(path, comment.char="#")``.
 - Every text field is double-quoted (so a `#` or `,` in a file name never cuts a row); numbers are never quoted.
   Frames, `segment_id` and `AUxx_c` are integers, times/score/probabilities decimals with 6 places.
-- With plain ``pandas.read_csv(path, comment="#")`` numbers get int64/float64; empty text (`aus`, `emotion`, `rule`
+- With plain ``pandas.read_csv(path, comment="#")`` numbers get int64/float64; empty text (`aus`, `emotion_facs`, `rule`
   when nothing fired) reads back as NaN, pandas' default for empty fields, and a text column whose values all look like
   numbers (`aus` = "4" everywhere, numeric `face_id`s) is inferred as a number. ``read_segments_csv`` (or
-  ``dtype={"face_id": str, "aus": str, "emotion": str, "rule": str}, keep_default_na=False``) keeps them as text with "".
+  ``dtype={"face_id": str, "aus": str, "emotion_facs": str, "rule": str}, keep_default_na=False``) keeps them as text
+  with "".
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from au_annotate.records import VideoResult
 from au_annotate.writers.base import (
     DECISIONS,
     FLOAT_COLUMNS,
+    RENAMED_COLUMNS,
     STRING_COLUMNS,
     TOOL_NAME,
     WriteContext,
@@ -59,8 +61,8 @@ def _header_lines(ctx: WriteContext, extra: Sequence[tuple[str, str]]) -> list[s
                           "just reported)"),
         _comment("thresholds", thresholds_text(ctx)),
         _comment("decisions", DECISIONS),
-        _comment("emotions", "emotion = a FACS rule on the reported AUs (rule names it); emotion_model = the model's own "
-                              "3-class emotion (negative, positive, surprise or uncertain) with its probability"),
+        _comment("emotions", "emotion_facs = a FACS rule on the reported AUs (rule names it); emotion_model = the model's "
+                              "own 3-class emotion (negative, positive, surprise or uncertain) with its probability"),
     ]
     lines += [_comment(k, v) for k, v in extra]
     lines.append(_comment("settings", settings_json(ctx)))
@@ -132,8 +134,11 @@ def write_combined_csv(results: Sequence[VideoResult], path: Path, ctx: WriteCon
 
 
 def read_segments_csv(path: str | Path) -> pd.DataFrame:
-    """Read a segments CSV with text columns kept as text ("" for empty) and numbers as int64/float64."""
-    df = pd.read_csv(path, comment="#", dtype={c: str for c in STRING_COLUMNS}, keep_default_na=False, na_values={})
+    """Read a segments CSV with text columns kept as text ("" for empty) and numbers as int64/float64; a file written
+    before a column was renamed (`emotion`, now `emotion_facs`) is read under today's names."""
+    text = {c: str for c in (*STRING_COLUMNS, *RENAMED_COLUMNS)}
+    df = pd.read_csv(path, comment="#", dtype=text, keep_default_na=False, na_values={})
+    df = df.rename(columns={old: new for old, new in RENAMED_COLUMNS.items() if new not in df.columns})
     for col in df.columns:
         if col.endswith("_p") or col in FLOAT_COLUMNS:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)

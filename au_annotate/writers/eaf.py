@@ -126,7 +126,7 @@ def build_eaf(result: VideoResult, eaf_path: Path, ctx: WriteContext) -> pympi.E
         for lane in range(lanes.get(face, 1)):
             eaf.add_tier(tier_name("segments", face, lane, multi), ling="segment", part=face)
             eaf.add_tier(tier_name("AUs", face, lane, multi), ling="AU-code", part=face)
-            eaf.add_tier(tier_name("emotion", face, lane, multi), ling="emotion", part=face)
+            eaf.add_tier(tier_name("emotion_facs", face, lane, multi), ling="emotion", part=face)
             eaf.add_tier(tier_name("emotion_model", face, lane, multi), ling="segment", part=face)
             eaf.add_tier(tier_name(REVIEW_TIER, face, lane, multi), ling=REVIEW_LINGTYPE, part=face)
             eaf.add_tier(tier_name(CODER_TIER, face, lane, multi), ling="AU-code", part=face)
@@ -148,7 +148,7 @@ def build_eaf(result: VideoResult, eaf_path: Path, ctx: WriteContext) -> pympi.E
         if s.aus:
             eaf.add_annotation(tier_name("AUs", face, span.lane, multi), *t, value=s.aus)
         if s.emotion:
-            eaf.add_annotation(tier_name("emotion", face, span.lane, multi), *t, value=s.emotion)
+            eaf.add_annotation(tier_name("emotion_facs", face, span.lane, multi), *t, value=s.emotion)
         if s.emotion_model:
             eaf.add_annotation(tier_name("emotion_model", face, span.lane, multi), *t,
                                value=f"{s.emotion_model} {s.emotion_model_p:.2f}")

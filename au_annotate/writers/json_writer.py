@@ -1,14 +1,14 @@
 """JSON output: one UTF-8 document per video with the run metadata, the video's facts and every segment.
 
-Shape (``schema`` = "au-annotate/segments-v1")::
+Shape (``schema`` = "au-annotate/segments-v2"; v1, before 2026-12-08, called ``emotion_facs`` ``emotion``)::
 
     {"schema": ..., "metadata": {tool, tool_version, model_name, model_sha256, created, settings},
      "video": {path, rel, status, error, info: {backend, pixels, width, height, fps, n_frames, duration_s} | null,
                frames, frames_with_face, faces, elapsed_s,
-               detection_floor: {face_id: {pct_iod, steps, regions: {brow_l: ..., ...}}}},
+               detection_floor: {face_id: {pct_iod, steps, regions: {brow_l: ..., ...}, landmarks?}}},
      "au_names": ["AU04", ...],
      "segments": [{video, face_id, segment_id, kind, onset_frame, apex_frame, offset_frame, onset_s, apex_s, offset_s,
-                   duration_s, score, aus, active: ["AU04", ...], emotion, rule, probs: {"AU04": 0.91, ...}}]}
+                   duration_s, score, aus, active: ["AU04", ...], emotion_facs, rule, probs: {"AU04": 0.91, ...}}]}
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from au_annotate.writers.base import (
     run_metadata,
 )
 
-SCHEMA = "au-annotate/segments-v1"
+SCHEMA = "au-annotate/segments-v2"  # v2: `emotion` renamed `emotion_facs` (2026-12-08)
 
 
 SCORE_UNIT = "multiple of the spotting threshold the window was held to (1.0 = just reported)"
@@ -40,7 +40,7 @@ def segment_dict(s: Segment) -> dict[str, Any]:
     out: dict[str, Any] = {c: getattr(s, c) for c in LEAD_COLUMNS}  # `video` first, as in the CSV
     out["aus"] = s.aus
     out["active"] = [n for n, p in zip(s.au_names, s.present, strict=True) if bool(p)]
-    out["emotion"] = s.emotion
+    out["emotion_facs"] = s.emotion
     out["rule"] = s.rule
     out["emotion_model"] = s.emotion_model
     out["emotion_model_p"] = None if s.emotion_model_p != s.emotion_model_p else float(s.emotion_model_p)

@@ -33,7 +33,7 @@ def build_textgrid(result: VideoResult, ctx: WriteContext) -> textgrid.Textgrid:
     entries: dict[str, list[tuple[float, float, str]]] = {}
     for face in faces or ["face0"]:
         for lane in range(lanes.get(face, 1)):
-            bases = ["segments", "AUs", "emotion", "emotion_model"] + (list(au_names) if ctx.au_tiers else [])
+            bases = ["segments", "AUs", "emotion_facs", "emotion_model"] + (list(au_names) if ctx.au_tiers else [])
             for base in bases:
                 entries[tier_name(base, face, lane, multi)] = []
     for span in spans:
@@ -44,7 +44,7 @@ def build_textgrid(result: VideoResult, ctx: WriteContext) -> textgrid.Textgrid:
         if s.aus:
             entries[tier_name("AUs", face, span.lane, multi)].append((*t, s.aus))
         if s.emotion:
-            entries[tier_name("emotion", face, span.lane, multi)].append((*t, s.emotion))
+            entries[tier_name("emotion_facs", face, span.lane, multi)].append((*t, s.emotion))
         if s.emotion_model:  # the model's 3-class emotion, as on the EAF's tier of that name
             entries[tier_name("emotion_model", face, span.lane, multi)].append(
                 (*t, f"{s.emotion_model} {s.emotion_model_p:.2f}"))
