@@ -239,7 +239,7 @@ def test_writers_emotion_columns_and_uncalibrated() -> None:
                   emotion="", rule="", emotion_model="negative", emotion_model_p=0.8, uncalibrated=("AU18",))
     df = segments_dataframe([seg])
     assert "AU18_p" in df and "AU18_c" not in df and "AU04_c" in df
-    assert list(df.columns[-5:]) == ["aus", "emotion", "rule", "emotion_model", "emotion_model_p"]
+    assert list(df.columns[-5:]) == ["aus", "emotion_facs", "rule", "emotion_model", "emotion_model_p"]
     assert df["emotion_model"][0] == "negative" and df["emotion_model_p"][0] == 0.8
 
 

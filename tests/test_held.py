@@ -128,6 +128,9 @@ def test_held_option_is_checked() -> None:
     assert SpotConfig().held == "off"
     with pytest.raises(SpotError, match="held"):
         SpotConfig.from_any({"held": "yes"})
+    for other in ({"landmarks": "off"}, {"macro_k_s": 0}):  # nothing would propose or confirm: say so, do not ignore
+        with pytest.raises(SpotError, match="needs landmarks"):
+            SpotConfig.from_any({"held": "on", **other})
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +203,27 @@ def test_a_micro_expression_that_returns_stays_micro_with_held_on() -> None:
     brief = PlantedEvent("lip_corner_pull", 2.5, 2.62, 2.8, 8.0)
     windows = [w for w in _spot([brief], "on") if w.kind != "blink"]
     assert [(w.kind, w.context) for w in windows] == [("micro", "")], windows
+
+
+def test_a_movement_elsewhere_during_a_held_smile_is_not_swallowed() -> None:
+    """A brow flash (micro, 3.0-3.3 s) while a smile started at 2.5 s is held: the smile is one held window of the
+    mouth, the brow flash stays its own micro window (a held window covers only movements of its own half of the face)."""
+    events = [PlantedEvent("lip_corner_pull", 2.5, 2.8, 14.0, 8.0, kind="macro"),
+              PlantedEvent("brow_raise", 3.0, 3.12, 3.3, 3.0)]
+    windows = [w for w in _spot(events, "on") if w.kind != "blink"]
+    kinds = sorted((w.kind, w.context.split("+")[0], any(r.startswith("brow") for r in w.regions)) for w in windows)
+    assert kinds == [("macro", "held", False), ("micro", "", True)], windows
+
+
+def test_held_windows_are_gated_without_the_flow_ratio_tests() -> None:
+    """The spread and rigid-head tests weigh flow against a window's own flow evidence; a held window has none (its
+    evidence is the landmarks'), so its gate is tracking and lighting only: with the spread rule on, a still rendered
+    face is `occlusion` by the full gate and `ok` by the held one."""
+    from au_annotate.spot.detector import _Candidate
+
+    sp = make_spotter("roi-flow", FPS, {"held": "on", "spread_ratio": 0.5})
+    for f in iter_frames(fps=FPS, duration_s=3.0, size=(640, 480), noise_sigma=2.0, seed=1):
+        sp.process_frame(f.index, f.pts_s, crop_aligned(f, quantum=2.0))
+    cand = _Candidate(60, 1.0, np.zeros(12, np.float32), np.zeros((12, 2), np.float32), 40, "macro")
+    assert sp.judge.quality(cand, 48, 72, (), 89) == "occlusion"
+    assert sp.judge.quality(cand, 48, 72, (), 89, ratios=False) == "ok"

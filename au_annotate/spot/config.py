@@ -90,6 +90,9 @@ class SpotConfig:
             raise SpotError(f"gate must be label or off and gated drop or label, got {self.gate!r}, {self.gated!r}")
         if self.landmarks not in ("on", "off") or self.held not in ("on", "off"):
             raise SpotError(f"landmarks and held must be on or off, got {self.landmarks!r}, {self.held!r}")
+        if self.held == "on" and (self.landmarks != "on" or self.macro_k_s <= 0):
+            raise SpotError("held = \"on\" needs landmarks = \"on\" and macro_k_s > 0 (the macro motion proposes, the "
+                            "landmarks confirm)")
         if self.motion_model not in MOTION_DEGREES:
             raise SpotError(f"motion_model must be one of {', '.join(MOTION_DEGREES)}, got {self.motion_model!r}")
         if self.context_s < 0:

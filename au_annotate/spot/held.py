@@ -15,8 +15,9 @@ the cheap flow proposes and the dense landmarks confirm (rule fixed before any e
   most), apex = the first at 80 % or more, offset = the end of the after span (the expression is held that long at
   least).
 
-Every distance is in IODs and every duration in seconds, so the rule holds for any face size and frame rate; the state
-is a few integers per open run (bounded).
+Every distance is in IODs and every duration in seconds, so the rule holds for any face size and for frame rates that
+put at least MIN_SAMPLES frames in HOLD_S (5 fps and more; slower video never confirms a held change); the state is a
+few integers per open run (bounded). Needs the landmarks and the macro detector (SpotConfig.validate says so).
 """
 
 from __future__ import annotations
@@ -136,8 +137,9 @@ class HeldDetector:
 
     def confirm_window(self, onset: int, offset: int, sample: SampleFn) -> HeldStep | None:
         """Whether a window the detectors found (onset..offset) starts a held change: before [onset - H, onset] against
-        after [offset, offset + H] by the same test (a movement that goes and returns is not one). Its onset stays, its
-        apex is its offset (where the new state is reached)."""
+        after [offset, offset + H] by the same test (a movement that goes and returns is not one). The step's onset is
+        the window's, its apex the window's offset (the spotter keeps the window's own apex and takes only the step's
+        offset and score)."""
         change = self._change(onset, offset, sample)
         if change is None:
             return None

@@ -4,6 +4,8 @@ spotter (au_annotate/spot/__init__.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections import deque
 
 import numpy as np
@@ -30,10 +32,12 @@ class WindowJudge:
         # the gate's inputs of the latest windows (apex, label, evidence, head, spread, match level, min match): why
         self.gate_log: deque[tuple] = deque(maxlen=GATE_LOG_SIZE)
 
-    def quality(self, cand: _Candidate, onset: int, offset: int, active: tuple[int, ...], newest: int) -> str:
+    def quality(self, cand: _Candidate, onset: int, offset: int, active: tuple[int, ...], newest: int,
+                ratios: bool = True) -> str:
         """The window's quality label (au_annotate.quality) from the gate signals from onset - k to offset + k; its
         checks run in a fixed order, so "head_motion" means every other check passed (the caller may overrule that
-        rigid-fit test with the landmarks' head pose)."""
+        rigid-fit test with the landmarks' head pose). `ratios` False: tracking and lighting only (the spread and
+        rigid-head tests weigh flow against the window's own flow evidence, which a held expression does not have)."""
         det = next(d for d in self.detectors if d.name == cand.detector)
         k = det.k * det.stride
         lo, hi = max(0, onset - k), min(newest, offset + k)
@@ -43,7 +47,8 @@ class WindowJudge:
         steps = [_step_signals(ring.get(i), REF_SIZE / self.config.flow_size) for i in range(first, hi + 1, det.stride)]
         evidence = float(np.linalg.norm(cand.vectors[list(active)], axis=1).max()) if active else 0.0
         level = float(self.match_hist.level()[0])
-        label = label_window(frames, steps, k, evidence, level, self.gate)
+        gate = self.gate if ratios else dataclasses.replace(self.gate, spread_ratio=0.0, head_ratio=math.inf)
+        label = label_window(frames, steps, k, evidence, level, gate)
         st = [x for x in steps if x is not None]
         self.gate_log.append((cand.apex, label, round(evidence, 3), round(max((x.head_px for x in st), default=0), 3),
                               round(max((x.spread_px for x in st), default=0), 3), round(level, 3),

@@ -350,28 +350,32 @@ class RoiFlowSpotter:
         not a micro-expression. None when a held expression already reported covers it (one window per movement)."""
         assert self.held is not None
         i = next(j for j, e in enumerate(self._emitted) if e is w)
-        step = self.held.confirm_window(w.onset, w.offset, sample) if w.kind != "blink" else None
-        if step is not None:
+        step = self.held.confirm_window(w.onset, w.offset, sample)
+        if step is not None:  # the window keeps its onset and apex; its offset is where the change was seen to hold
             tags = ["held", *(t for t in w.context.split("+") if t)]
             quality = "ok" if w.quality == "head_motion" else w.quality  # measured in the head's frame: context only
-            w = dataclasses.replace(w, kind="macro", offset=step.offset, score=step.score, quality=quality,
-                                    context="+".join(tags))
-        if w.kind != "blink" and self._held_covers(w.onset, w.offset):
+            offset = min(step.offset, w.onset + self.max_window - 1)  # no window longer than max_window_s
+            w = dataclasses.replace(w, kind="macro", offset=max(offset, w.offset), score=step.score,
+                                    quality=quality, context="+".join(tags))
+        if self._held_covers(w.onset, w.offset, w.regions):
             del self._emitted[i]
             return None
         self._emitted[i] = w
         return w
 
-    def _held_covers(self, onset: int, offset: int) -> bool:
-        """Whether an emitted held expression covers most of onset..offset (or it most of that held window)."""
-        return any(_is_held(e) and _overlap(onset, offset, e.onset, e.offset) >= 0.5 for e in self._emitted)
+    def _held_covers(self, onset: int, offset: int, regions: tuple[str, ...]) -> bool:
+        """Whether an emitted held expression of the same regions covers most of onset..offset (or it most of that
+        held window): the same movement, already reported; a movement elsewhere on the face during it is not."""
+        area = _areas(regions)
+        return any(_is_held(e) and _overlap(onset, offset, e.onset, e.offset) >= 0.5
+                   and (not area or not _areas(e.regions) or area & _areas(e.regions)) for e in self._emitted)
 
     def _held_window(self, step: HeldStep) -> Window | None:
         """The macro window of a confirmed held expression (held.py), or None when a reported micro/macro window
         already covers its onset..apex. The change is measured in the head's own frame, so head motion, blinks and
         talking are context, not quality; tracking and lighting (the cheap gate) and a lost mesh (occlusion) still set
         the quality."""
-        if self._held_covers(step.onset, step.offset) or any(
+        if self._held_covers(step.onset, step.offset, step.regions) or any(
                 iou(step.onset, step.apex, e.onset, e.offset) >= 0.3 for e in self._emitted
                 if e.kind in ("micro", "macro") and e.quality == "ok"):
             return None
@@ -379,8 +383,10 @@ class RoiFlowSpotter:
         cand = _Candidate(step.apex, step.score, np.zeros(n, np.float32), np.zeros((n, 2), np.float32),
                           self.macro_radius, "macro")
         gated = self.config.gate == "label"
-        gate = self.judge.quality(cand, step.onset, step.offset, (), self._newest) if gated else "ok"
-        quality = "ok" if gate == "head_motion" else gate  # the rigid-fit head test: the pose is known here
+        # the cheap gate without its motion-ratio tests (spread, rigid head): they compare flow with the window's
+        # flow evidence, and a held window's evidence is the landmarks' change in the head's own frame
+        gate = self.judge.quality(cand, step.onset, step.offset, (), self._newest, ratios=False) if gated else "ok"
+        quality = gate
         ctx = self.judge.context(cand, step.onset, step.offset, self._newest) if quality == "ok" else None
         tags = ["held", *(ctx.tags() if ctx is not None else ())]
         if gated and quality == "ok" and ctx is not None and ctx.occluded:
@@ -445,6 +451,11 @@ def _overlap(a0: int, a1: int, b0: int, b1: int) -> float:
     """Frames two inclusive intervals share, over the shorter one's length (1.0: one lies inside the other)."""
     inter = min(a1, b1) - max(a0, b0) + 1
     return max(0, inter) / max(1, min(a1 - a0, b1 - b0) + 1)
+
+
+def _areas(regions: tuple[str, ...]) -> set[str]:
+    """The halves of the face the regions lie in: "upper" (brows, eyes, lids) or "lower" (cheeks, mouth, lips)."""
+    return {"upper" if r.startswith(("brow", "eye", "lid")) else "lower" for r in regions}
 
 
 def _is_held(w: Window) -> bool:

@@ -58,7 +58,7 @@ def _header_lines(ctx: WriteContext, extra: Sequence[tuple[str, str]]) -> list[s
         _comment("model_sha256", ctx.model_sha256),
         _comment("created", utc_now()),
         _comment("score", "the spotting signal at the apex as a multiple of the threshold the window was held to (1.0 = "
-                          "just reported)"),
+                          "just reported; a `held` window: its landmark change as a multiple of the held test's limit)"),
         _comment("thresholds", thresholds_text(ctx)),
         _comment("decisions", DECISIONS),
         _comment("emotions", "emotion_facs = a FACS rule on the reported AUs (rule names it); emotion_model = the model's "
