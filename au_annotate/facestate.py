@@ -19,8 +19,10 @@ still holds and turns each mesh into a `FaceStateSample` (eye openness, mouth ap
   1 %). Half, not one: the mesh's depth jumps for a frame or two when the mouth opens fast (3.5-4 degrees at the onset
   of real smiles with a still head), while a turn persists.
 - occlusion: the landmark model loses the face (presence < 0.5) inside the window while it had it just before or
-  after (on at least half of those reference samples; a hand, an object); landmarks missing on most of its samples (profile, tiny or dark face) is `no_landmarks`
-  (a window whose samples have a mesh on fewer than half: one spurious mesh decides nothing), not occlusion.
+  after (on any reference sample: a hand, an object; a face the mesh only flickers on is then occlusion too, not
+  reported, which keeps a flaky small face from passing its windows as explained). Landmarks missing on most of a
+  window's samples otherwise (profile, tiny or dark face) is `no_landmarks` (a mesh on fewer than half of them: one
+  spurious mesh decides nothing).
 
 Distances are in IOD (distance between the eye centres), so the rules hold for any face size, resolution and frame rate;
 times are in seconds.
@@ -217,7 +219,7 @@ def explain(inside: Sequence[FaceStateSample | None], refs: Sequence[FaceStateSa
     refs_ok = [s for s in refs if s is not None]
     span_ok = [s for s in span if s is not None]
     n = len(inside) + len(refs) + len(span)
-    occluded = 2 * len(refs_ok) >= len(refs) > 0 and bool(inside) and len(inside_ok) <= len(inside) // 2
+    occluded = bool(refs_ok) and bool(inside) and len(inside_ok) <= len(inside) // 2
     found = len(inside_ok) + len(refs_ok) + len(span_ok)
     if not found or (2 * found < n and not occluded):  # a mesh on fewer than half the samples (a flaky or spurious
         return WindowContext(landmarks=False, samples=n)  # one, as on a dark face) decides nothing; lost inside: occlusion
