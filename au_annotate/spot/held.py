@@ -80,7 +80,6 @@ class HeldDetector:
         self.spread_ratio = SPREAD_RATIO / sensitivity
         self._run: tuple[int, int, float] | None = None  # open run: first step, strongest step, its motion
         self.pending: list[int] = []  # proposed steps waiting for their after span, in order
-        self.confirmed = 0  # confirmed steps (for diagnosis)
 
     @property
     def latency(self) -> int:
@@ -171,7 +170,6 @@ class HeldDetector:
 
     def _step(self, onset: int, apex: int, at: int, score: float, groups: tuple[str, ...],
               delta: np.ndarray) -> HeldStep:
-        self.confirmed += 1
         offset = max(max(self._grid(at, at + self.hold), default=at), apex)
         return HeldStep(onset=onset, apex=apex, offset=offset, at=at, score=round(score, 4), groups=groups,
                         change={n: round(float(d), 4) for n, d in zip(FEATURES, delta, strict=True)})

@@ -103,10 +103,10 @@ class RoiFlowSpotter:
         self.max_latency_frames = longest + max(longest, 2 * gap_max) + delay + 2 * warmup_frames + 2
         # held expressions (held.py): proposed by the macro detector's motion, confirmed by the landmarks once the
         # micro detector has decided the same stretch (so a movement it reports is not reported twice)
-        macro_det = next((d for d in self.detectors if d.name == "macro"), None)
         self.held: HeldDetector | None = None
         self._held_wait = 0
-        if cfg.held == "on" and cfg.landmarks == "on" and macro_det is not None:
+        if cfg.held == "on":  # validate() made sure of the landmarks and the macro detector
+            macro_det = next(d for d in self.detectors if d.name == "macro")
             self.held = HeldDetector(self.fps, macro_det.k * macro_det.stride, sens)
             self._held_wait = max((2 * d.gap + (d.k_hi + d.half + 1) * d.stride + d.radius
                                    for d in self.detectors if d.name == "micro"), default=0)
@@ -385,14 +385,13 @@ class RoiFlowSpotter:
         gated = self.config.gate == "label"
         # the cheap gate without its motion-ratio tests (spread, rigid head): they compare flow with the window's
         # flow evidence, and a held window's evidence is the landmarks' change in the head's own frame
-        gate = self.judge.quality(cand, step.onset, step.offset, (), self._newest, ratios=False) if gated else "ok"
-        quality = gate
+        quality = self.judge.quality(cand, step.onset, step.offset, (), self._newest, ratios=False) if gated else "ok"
         ctx = self.judge.context(cand, step.onset, step.offset, self._newest) if quality == "ok" else None
         tags = ["held", *(ctx.tags() if ctx is not None else ())]
         if gated and quality == "ok" and ctx is not None and ctx.occluded:
             quality = "occlusion"
         return Window(onset=step.onset, apex=step.apex, offset=step.offset, score=step.score, kind="macro",
-                      quality=quality if gated else "ok", context="+".join(tags), regions=step.regions)
+                      quality=quality, context="+".join(tags), regions=step.regions)
 
     def _window(self, cand: _Candidate) -> Window | None:
         """Onset/offset by flow from the apex crop; kind by duration and blink shape."""
