@@ -100,7 +100,8 @@ def test_manifest_records_the_environment_that_made_the_numbers(first_run) -> No
 
 def test_manifest_records_each_faces_detection_floor(first_run) -> None:
     """Every annotated video's entry says how small a movement its spotter could see (au_annotate.records.
-    DetectionFloor): face0's floor, its 12 regions in the spotter's order, the steps behind it, in % of the IOD."""
+    DetectionFloor): face0's floor, its 12 regions in the spotter's order, the steps behind it, in % of the IOD, and
+    how much of the track the landmark model saw."""
     from au_annotate.spot import ROI_NAMES
 
     entries = first_run[1]["videos"]
@@ -109,6 +110,8 @@ def test_manifest_records_each_faces_detection_floor(first_run) -> None:
         floor = e["detection_floor"]["face0"]
         assert list(floor["regions"]) == list(ROI_NAMES) and floor["steps"] > 0
         assert 0 < floor["pct_iod"] == pytest.approx(float(np.median(list(floor["regions"].values()))), rel=1e-3)
+        # the landmark model's coverage of the 2-s clip: sampled on its first face frame (every 2 s), face found
+        assert floor["landmarks"] == {"sampled_frames": 1, "face_found": 1}
 
 
 def test_overwrite_recomputes(first_run, videos: Path, weights: str) -> None:
